@@ -1,0 +1,56 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set up everything first:
+# the Debian packages the project uses (as root; apt-get update once), a venv, the pinned
+# Python dependencies.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# command:package pairs for what the tests and the product call
+DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
+
+.PHONY: run test setup debs lint bench captures clean
+
+run: setup
+	$(BIN)/rsthound analyze tests/data/refused.pcap
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+setup: debs $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+debs:
+	@missing=""; \
+	for pair in $(DEBS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "note: missing Debian packages:$$missing (run 'sudo make debs'); tests that need them will skip"; \
+	  fi; \
+	fi
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+# the benchmark against tcpdump and tshark (see bench/README.md)
+bench: setup
+	$(BIN)/python bench/run_analyze.py --rsthound $(BIN)/rsthound
+
+# re-make the golden captures in tests/data (root; network namespaces)
+captures: setup
+	bash tests/data/make_captures.sh
+
+clean:
+	rm -rf $(VENV) bench/out .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from rsthound.cli import run
+
+run()

@@ -1,0 +1,307 @@
+"""The connection tracker: packets in, finished connections and classified resets out.
+
+`FlowTable.packet` takes one TCP packet at a time (live capture, the slow path);
+`FlowTable.feed` takes a decoded batch of columns and hands only the packets that can change
+a connection's state to the per-packet code, folding the rest (plain data and ACKs) into
+per-connection counts with numpy. Memory is bounded: connections idle longer than
+`idle_timeout` are finished, closed ones after `close_delay`, and past `max_conns` the
+least recently seen are evicted (and counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+
+from rsthound.analyze import zeek
+from rsthound.analyze.zeek import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, SYN_SENT
+from rsthound.formats.columns import TcpColumns
+from rsthound.formats.inet import ACK, FIN, RST, SYN, format_addr
+from rsthound.model import Conn, Reset, ResetKind
+
+CTL = SYN | FIN | RST
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+class Flow:
+    """A connection being tracked."""
+
+    __slots__ = (
+        "a_is_orig", "first_kind", "flipped", "hist", "iface", "key", "last", "nresets",
+        "orig", "resp", "start", "uid",
+    )
+
+    def __init__(self, key: bytes, a_is_orig: bool, ts: float, iface: str | None) -> None:
+        self.key = key
+        self.a_is_orig = a_is_orig
+        self.start = ts
+        self.last = ts
+        self.orig = zeek.Side()
+        self.resp = zeek.Side()
+        self.hist: list[str] = []
+        self.iface = iface
+        self.nresets = 0
+        self.first_kind: ResetKind | None = None
+        self.flipped = False
+        digest = hashlib.blake2b(key + repr(ts).encode(), digest_size=12).digest()
+        n = int.from_bytes(digest, "big")
+        self.uid = "C" + "".join(_B62[(n >> (6 * i)) % 62] for i in range(17))
+
+    def endpoints(self) -> tuple[str, int, str, int]:
+        """(orig_h, orig_p, resp_h, resp_p)."""
+        k = self.key
+        a = (format_addr(k[0:16]), int.from_bytes(k[16:18], "big"))
+        b = (format_addr(k[18:34]), int.from_bytes(k[34:36], "big"))
+        o, r = (a, b) if self.a_is_orig else (b, a)
+        return o[0], o[1], r[0], r[1]
+
+    def done(self) -> bool:
+        return self.orig.state in (CLOSED, RESET) or self.resp.state in (CLOSED, RESET)
+
+
+class FlowTable:
+    """Tracks connections and reports each finished one and each reset through callbacks."""
+
+    def __init__(
+        self,
+        on_conn: Callable[[Conn], None],
+        on_reset: Callable[[Reset], None],
+        idle_timeout: float = 300.0,
+        close_delay: float = 5.0,
+        max_conns: int = 200_000,
+        timeout_after: float = 3.0,
+    ) -> None:
+        self.on_conn = on_conn
+        self.on_reset = on_reset
+        self.idle_timeout = idle_timeout
+        self.close_delay = close_delay
+        self.max_conns = max_conns
+        self.timeout_after = timeout_after  # an unanswered SYN this old is a timeout
+        self.flows: dict[bytes, Flow] = {}
+        self.evicted = 0
+        self.now = 0.0
+        self._next_sweep = 0.0
+
+    # -- one packet at a time ------------------------------------------------------------
+    def packet(
+        self, key: bytes, a_is_src: bool, ts: float, flags: int, seq: int, ack: int,
+        payload: int, ip_len: int, ttl: int, ipid: int, iface: str | None = None,
+    ) -> None:
+        """Account one TCP packet; `key` is the canonical 36-byte connection key."""
+        if ts > self.now:
+            self.now = ts
+        flow = self.flows.get(key)
+        if flow is not None and flags & (SYN | ACK) == SYN and (
+            flow.done() or ts - flow.last > self.idle_timeout
+        ):
+            self._finish(flow)  # a new connection on the same four-tuple
+            flow = None
+        if flow is None:
+            if len(self.flows) >= self.max_conns:
+                self._evict()
+            sport = int.from_bytes(key[16:18] if a_is_src else key[34:36], "big")
+            dport = int.from_bytes(key[34:36] if a_is_src else key[16:18], "big")
+            # The sender is the originator unless it answers (SYN-ACK) or, seen midstream,
+            # it speaks from a well-known port to an ephemeral one.
+            sender_orig = not (
+                flags & (SYN | ACK) == SYN | ACK
+                or (not flags & SYN and sport < 1024 <= dport)
+            )
+            flow = Flow(key, a_is_src == sender_orig, ts, iface)
+            if not sender_orig:
+                flow.flipped = True
+                flow.hist.append("^")
+            self.flows[key] = flow
+        flow.last = ts
+        is_orig = a_is_src == flow.a_is_orig
+        end, peer = (flow.orig, flow.resp) if is_orig else (flow.resp, flow.orig)
+        end.pkts += 1
+        end.ip_bytes += ip_len
+        if end.start_seq < 0:
+            end.start_seq = seq if flags & SYN else (seq - 1) & 0xFFFFFFFF
+            end.last_seq = end.start_seq
+        elif flags & SYN and end.state in (INACTIVE, zeek.PARTIAL, ESTABLISHED, RESET):
+            if end.state != ESTABLISHED or end.size() == 0:
+                end.start_seq = end.last_seq = seq
+        seg = payload + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        if flags & RST:
+            seg -= payload
+        seg_end = (seq + seg) & 0xFFFFFFFF
+        delta = zeek.seq_delta(seg_end, end.last_seq)
+        if delta > 0 and not (flags & (SYN | RST) and delta > 0x1000000):
+            end.last_seq = seg_end
+        if flags & SYN:
+            end.syns += 1
+        if flags & FIN:
+            end.fins += 1
+        kind = self._reset_kind(flow, end, peer, ttl, ipid) if flags & RST else None
+        letter = zeek.history_letter(end, is_orig, flags, seq, payload)
+        if letter:
+            flow.hist.append(letter)
+        if zeek.update_state(end, peer, flow.orig, is_orig, flags, payload):
+            flow.a_is_orig = not flow.a_is_orig
+            flow.orig, flow.resp = flow.resp, flow.orig
+            flow.hist.append("^")
+            is_orig = not is_orig
+        end.ttls.add(ttl)
+        if ipid >= 0:
+            end.ipid = ipid
+        if kind is not None:
+            flow.nresets += 1
+            if flow.first_kind is None or flow.first_kind is ResetKind.REFUSED:
+                flow.first_kind = kind
+            self._report_reset(flow, is_orig, a_is_src, ts, kind, flags, seq, ack, ttl)
+
+    def _reset_kind(self, flow: Flow, end: zeek.Side, peer: zeek.Side, ttl: int, ipid: int,
+                    ) -> ResetKind:
+        """What a RST from `end` means, judged on the state before it."""
+        if end.ttls and ttl not in end.ttls:
+            return ResetKind.INJECTED
+        if end.ipid >= 0 and ipid > 0 and end.ipid > 0:
+            jump = (ipid - end.ipid) & 0xFFFF
+            if 64 < jump < 0xFFFF - 64 and peer.pkts + end.pkts > 2:
+                return ResetKind.INJECTED
+        if peer.state in (SYN_SENT, SYN_ACK_SENT) and end.state in (INACTIVE, RESET):
+            return ResetKind.REFUSED
+        if end.fins or peer.fins:
+            return ResetKind.AFTER_CLOSE
+        if not flow.orig.syns:  # the client's SYN was never seen
+            return ResetKind.STRAY
+        return ResetKind.ABORT
+
+    def _report_reset(self, flow: Flow, is_orig: bool, a_is_src: bool, ts: float,
+                      kind: ResetKind, flags: int, seq: int, ack: int, ttl: int) -> None:
+        oh, op, rh, rp = flow.endpoints()
+        src, sport, dst, dport = (oh, op, rh, rp) if is_orig else (rh, rp, oh, op)
+        why = {
+            ResetKind.REFUSED: "answers a SYN: nothing accepted the connection",
+            ResetKind.ABORT: "aborts an open connection",
+            ResetKind.AFTER_CLOSE: "follows a FIN: data arrived or was unread after close",
+            ResetKind.STRAY: "for a connection never seen opening",
+            ResetKind.INJECTED: "TTL or IP ID does not fit the sender's other packets",
+        }[kind]
+        self.on_reset(Reset(ts, src, sport, dst, dport, kind, "orig" if is_orig else "resp",
+                            flags, seq, ack, ttl, flow.iface, flow.uid, why))
+
+    # -- a batch of columns ----------------------------------------------------------------
+    def feed(self, cols: TcpColumns, iface_label: Callable[[int, int], str | None]) -> None:
+        """Account a decoded batch; only state-changing packets reach `packet`."""
+        n = len(cols)
+        if not n:
+            return
+        flow = cols.flow
+        ctl = (cols.flags & CTL) != 0
+        # epoch: how many control packets of the same flow came before, within this batch
+        order = np.argsort(flow, kind="stable")
+        fs = flow[order]
+        cs = np.cumsum(ctl[order])
+        before = cs - ctl[order]
+        starts = np.r_[True, fs[1:] != fs[:-1]]
+        first_of_group = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+        epoch = np.empty(n, dtype=np.int64)
+        epoch[order] = before - before[first_of_group]
+        group = (flow * (int(epoch.max()) + 1) + epoch) * 2 + cols.a_is_src
+        data = cols.payload > 0
+        _, first = np.unique(group * 2 + data, return_index=True)
+        keep = ctl.copy()
+        keep[first] = True
+        bulk = np.flatnonzero(~keep)
+        pending: dict[tuple[int, int], list[tuple]] = {}
+        if len(bulk):
+            g, inv = np.unique(group[bulk], return_inverse=True)
+            inv = inv.ravel()
+            cnt = np.bincount(inv)
+            ipb = np.bincount(inv, weights=cols.ip_len[bulk]).astype(np.int64)
+            lastrow = np.zeros(len(g), dtype=np.int64)
+            np.maximum.at(lastrow, inv, bulk)
+            seq_end = (cols.seq[lastrow] + cols.payload[lastrow]) & 0xFFFFFFFF
+            fl = flow[lastrow]
+            ep = epoch[lastrow]
+            for f, e, row, c, b, s in zip(fl.tolist(), ep.tolist(), lastrow.tolist(),
+                                          cnt.tolist(), ipb.tolist(), seq_end.tolist(),
+                                          strict=True):
+                pending.setdefault((f, e), []).append((row, c, b, s))
+        rows = np.flatnonzero(keep)
+        _, flow_first = np.unique(flow, return_index=True)
+        keys = {int(flow[i]): cols.key[i].tobytes() for i in flow_first.tolist()}
+        labels: dict[tuple[int, int], str | None] = {}
+        a_src = cols.a_is_src
+        for r, f, e, c, ts, fl_, sq, ak, pl, il, tt, ii, ifc, ifx in zip(
+            rows.tolist(), flow[rows].tolist(), epoch[rows].tolist(), ctl[rows].tolist(),
+            cols.ts[rows].tolist(), cols.flags[rows].tolist(), cols.seq[rows].tolist(),
+            cols.ack[rows].tolist(), cols.payload[rows].tolist(), cols.ip_len[rows].tolist(),
+            cols.ttl[rows].tolist(), cols.ipid[rows].tolist(), cols.iface[rows].tolist(),
+            cols.ifindex[rows].tolist(), strict=True,
+        ):
+            if c and pending:
+                self._apply_bulk(keys[f], pending.pop((f, e), ()), cols)
+            lk = (ifc, ifx)
+            if lk not in labels:
+                labels[lk] = iface_label(ifc, ifx)
+            self.packet(keys[f], bool(a_src[r]), ts, fl_, sq, ak, pl, il, tt, ii, labels[lk])
+        for (f, _e), groups in sorted(pending.items(), key=lambda kv: kv[0][1]):
+            self._apply_bulk(keys[f], groups, cols)
+        if self.now >= self._next_sweep:
+            self.sweep(self.now)
+
+    def _apply_bulk(self, key: bytes, groups: list[tuple] | tuple, cols: TcpColumns) -> None:
+        flow = self.flows.get(key)
+        if flow is None:
+            return
+        for row, count, ip_bytes, seq_end in groups:
+            is_orig = bool(cols.a_is_src[row]) == flow.a_is_orig
+            end = flow.orig if is_orig else flow.resp
+            end.pkts += count
+            end.ip_bytes += ip_bytes
+            if end.start_seq >= 0 and zeek.seq_delta(seq_end, end.last_seq) > 0:
+                end.last_seq = seq_end
+            ts = float(cols.ts[row])
+            if ts > flow.last:
+                flow.last = ts
+
+    # -- ending connections ----------------------------------------------------------------
+    def sweep(self, now: float) -> None:
+        """Finish connections idle past their timeout (closed ones sooner)."""
+        self._next_sweep = now + 10.0
+        stale = [
+            f for f in self.flows.values()
+            if now - f.last > (self.close_delay if f.done() else self.idle_timeout)
+        ]
+        for f in stale:
+            self._finish(f)
+
+    def _evict(self) -> None:
+        """Over the cap: finish the least recently seen tenth of the table."""
+        victims = sorted(self.flows.values(), key=lambda f: f.last)[: max(1, self.max_conns // 10)]
+        self.evicted += len(victims)
+        for f in victims:
+            self._finish(f)
+
+    def close(self) -> None:
+        """End of input: finish everything still open."""
+        for f in list(self.flows.values()):
+            self._finish(f)
+
+    def _finish(self, flow: Flow) -> None:
+        del self.flows[flow.key]
+        history = "".join(flow.hist)
+        state = zeek.conn_state(flow.orig, flow.resp, history)
+        failure = flow.first_kind
+        if failure is None and state == "S0" and (
+            flow.orig.syns > 1 or self.now - flow.start >= self.timeout_after
+        ):
+            failure = ResetKind.TIMEOUT
+        if state == "REJ":
+            failure = ResetKind.REFUSED
+        oh, op, rh, rp = flow.endpoints()
+        self.on_conn(Conn(
+            ts=flow.start, uid=flow.uid, orig_h=oh, orig_p=op, resp_h=rh, resp_p=rp,
+            duration=flow.last - flow.start, orig_bytes=flow.orig.size(),
+            resp_bytes=flow.resp.size(), conn_state=state, history=history,
+            orig_pkts=flow.orig.pkts, resp_pkts=flow.resp.pkts,
+            orig_ip_bytes=flow.orig.ip_bytes, resp_ip_bytes=flow.resp.ip_bytes,
+            failure=failure, syn_retrans=max(0, flow.orig.syns - 1), resets=flow.nresets,
+            iface=flow.iface, end=flow.last,
+        ))

@@ -1,0 +1,125 @@
+"""One analysis: record batches in, a Summary (and streams of connections and resets) out."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from rsthound.analyze.flows import FlowTable
+from rsthound.analyze.summary import Summarizer, Summary
+from rsthound.formats.columns import DecodeStats, TcpColumns, decode_tcp
+from rsthound.formats.records import RecordBatch
+from rsthound.model import Conn, Reset
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which packets to look at: `--port`, `--host`, `--since`, `--until`."""
+
+    ports: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()
+    since: float | None = None
+    until: float | None = None
+
+    def mask(self, cols: TcpColumns) -> np.ndarray | None:
+        """Rows to keep, or None for all."""
+        keep = None
+        if self.ports:
+            pa = cols.key[:, 16].astype(np.int64) << 8 | cols.key[:, 17]
+            pb = cols.key[:, 34].astype(np.int64) << 8 | cols.key[:, 35]
+            want = np.array(self.ports)
+            keep = np.isin(pa, want) | np.isin(pb, want)
+        if self.hosts:
+            m = np.zeros(len(cols), dtype=bool)
+            for h in self.hosts:
+                raw = np.frombuffer(_raw16(h), dtype=np.uint8)
+                m |= (cols.key[:, 0:16] == raw).all(axis=1) | (cols.key[:, 18:34] == raw).all(
+                    axis=1)
+            keep = m if keep is None else keep & m
+        if self.since is not None:
+            m = cols.ts >= self.since
+            keep = m if keep is None else keep & m
+        if self.until is not None:
+            m = cols.ts < self.until
+            keep = m if keep is None else keep & m
+        return keep
+
+
+def _raw16(host: str) -> bytes:
+    addr = ipaddress.ip_address(host)
+    if addr.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    return addr.packed
+
+
+class Analysis:
+    """Feeds batches through decoding, selection and the flow table into a Summary."""
+
+    def __init__(
+        self,
+        selection: Selection | None = None,
+        on_conn: Callable[[Conn], None] | None = None,
+        on_reset: Callable[[Reset], None] | None = None,
+        max_conns: int = 200_000,
+    ) -> None:
+        self.summary = Summary()
+        self.stats = DecodeStats()
+        self.selection = selection or Selection()
+        self._sum = Summarizer(self.summary)
+        conn_cb, reset_cb = self._sum.conn, self._sum.reset
+        if on_conn is not None:
+            def conn_cb(c: Conn) -> None:
+                self._sum.conn(c)
+                on_conn(c)
+        if on_reset is not None:
+            def reset_cb(r: Reset) -> None:
+                self._sum.reset(r)
+                on_reset(r)
+        self.table = FlowTable(conn_cb, reset_cb, max_conns=max_conns)
+
+    def feed(self, batch: RecordBatch) -> None:
+        s = self.summary
+        if len(batch):
+            s.first_ts = min(s.first_ts, float(batch.ts.min()))
+            s.last_ts = max(s.last_ts, float(batch.ts.max()))
+        cols = decode_tcp(batch, self.stats)
+        keep = self.selection.mask(cols)
+        if keep is not None:
+            cols = _take(cols, np.flatnonzero(keep))
+        names = [i.name for i in batch.interfaces]
+        several = len(names) > 1
+
+        def label(iface: int, ifindex: int) -> str | None:
+            name = names[iface] if 0 <= iface < len(names) else None
+            if name is None and several and iface >= 0:
+                name = f"if{iface}"
+            if ifindex >= 0:
+                return f"{name}:ifindex {ifindex}" if name and name != "any" else f"ifindex {ifindex}"
+            return name
+
+        self.table.feed(cols, label)
+
+    def finish(self, files: list[str]) -> Summary:
+        self.table.close()
+        s = self.summary
+        s.files = files
+        s.packets = self.stats.packets
+        s.tcp_packets = self.stats.tcp
+        s.skipped = self.stats.skipped
+        s.links = self.stats.links
+        s.evicted = self.table.evicted
+        return s
+
+
+def _take(cols: TcpColumns, rows: np.ndarray) -> TcpColumns:
+    _, flow = np.unique(cols.flow[rows], return_inverse=True)
+    return TcpColumns(
+        rec=cols.rec[rows], ts=cols.ts[rows], key=cols.key[rows], flow=flow.ravel(),
+        a_is_src=cols.a_is_src[rows], flags=cols.flags[rows], seq=cols.seq[rows],
+        ack=cols.ack[rows], payload=cols.payload[rows], ip_len=cols.ip_len[rows],
+        ttl=cols.ttl[rows], ipid=cols.ipid[rows], iface=cols.iface[rows],
+        ifindex=cols.ifindex[rows],
+    )

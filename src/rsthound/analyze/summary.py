@@ -1,0 +1,197 @@
+"""Roll finished connections and resets up into what a person reads first.
+
+Memory stays bounded: at most `max_services` services are kept apart (the rest are summed
+under "(other)"), and at most `max_clients` distinct clients are remembered per service.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rsthound.model import Conn, Damage, Reset, ResetKind, join_hostport
+
+FAILURES = (ResetKind.REFUSED, ResetKind.TIMEOUT)
+OTHER = "(other)"
+
+
+@dataclass
+class Service:
+    """One server address and port, and what happened to the connections to it."""
+
+    name: str
+    conns: int = 0
+    answered: int = 0  # connections the server side took part in
+    failed: Counter[str] = field(default_factory=Counter)  # refused / timeout
+    resets: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, sent_by)
+    clients: set[str] = field(default_factory=set)
+    clients_capped: bool = False
+    syn_retrans: int = 0
+    first: float = math.inf  # first and last failure
+    last: float = -math.inf
+    fail_times: int = 0
+
+    @property
+    def failures(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def reset_count(self) -> int:
+        return sum(self.resets.values())
+
+    def rate(self) -> tuple[float, float]:
+        """(failures per second, the span they cover): n events at a steady pace fill
+        n intervals, so 16 refusals 0.5 s apart are 2.0/s over 8 s."""
+        n = self.fail_times
+        if n < 2 or self.last <= self.first:
+            return (0.0, 0.0)
+        span = (self.last - self.first) * n / (n - 1)
+        return (n / span, span)
+
+
+@dataclass
+class Summary:
+    """Everything `analyze` reports, as plain data (rendered by report/)."""
+
+    files: list[str] = field(default_factory=list)
+    packets: int = 0
+    tcp_packets: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    links: Counter[str] = field(default_factory=Counter)
+    damages: list[Damage] = field(default_factory=list)
+    first_ts: float = math.inf
+    last_ts: float = -math.inf
+    conns: int = 0
+    states: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    resets: Counter[str] = field(default_factory=Counter)
+    services: dict[str, Service] = field(default_factory=dict)
+    fail_seconds: Counter[int] = field(default_factory=Counter)  # whole second -> failures
+    evicted: int = 0
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.last_ts - self.first_ts) if self.packets else 0.0
+
+    def failed_total(self) -> int:
+        return sum(self.failures[k] for k in FAILURES)
+
+    def ranked(self) -> list[Service]:
+        return sorted(
+            self.services.values(),
+            key=lambda s: (-s.failures, -s.reset_count, -s.conns, s.name),
+        )
+
+
+class Summarizer:
+    """Receives connections and resets (the FlowTable's callbacks) and fills a Summary."""
+
+    def __init__(self, summary: Summary, max_services: int = 10_000, max_clients: int = 10_000):
+        self.s = summary
+        self.max_services = max_services
+        self.max_clients = max_clients
+
+    def _service(self, host: str, port: int) -> Service:
+        name = join_hostport(host, port)
+        svc = self.s.services.get(name)
+        if svc is None:
+            if len(self.s.services) >= self.max_services:
+                name = OTHER
+                svc = self.s.services.get(name)
+            if svc is None:
+                svc = self.s.services[name] = Service(name)
+        return svc
+
+    def conn(self, c: Conn) -> None:
+        s = self.s
+        s.conns += 1
+        s.states[c.conn_state] += 1
+        svc = self._service(c.resp_h, c.resp_p)
+        svc.conns += 1
+        if c.resp_pkts and c.conn_state not in ("REJ",) and c.failure is not ResetKind.REFUSED:
+            svc.answered += 1
+        if len(svc.clients) < self.max_clients:
+            svc.clients.add(c.orig_h)
+        else:
+            svc.clients_capped = svc.clients_capped or c.orig_h not in svc.clients
+        if c.failure is not None:
+            s.failures[c.failure.value] += 1
+        if c.failure in FAILURES:
+            svc.failed[c.failure.value] += 1
+            svc.syn_retrans += c.syn_retrans
+            # a connect fails when its last SYN goes unanswered, or when it is refused
+            t = c.end if c.failure is ResetKind.REFUSED else c.ts
+            svc.first = min(svc.first, t)
+            svc.last = max(svc.last, t)
+            svc.fail_times += 1
+            s.fail_seconds[int(t)] += 1
+
+    def reset(self, r: Reset) -> None:
+        self.s.resets[r.kind.value] += 1
+        server = (r.dst, r.dport) if r.sent_by == "orig" else (r.src, r.sport)
+        self._service(*server).resets[(r.kind.value, r.sent_by)] += 1
+
+
+def failure_series(s: Summary, buckets: int = 60) -> tuple[float, list[float]]:
+    """Failed connections per second over the capture: (bucket width in s, rate per bucket)."""
+    if not s.packets:
+        return (1.0, [])
+    start = math.floor(s.first_ts)
+    span = max(1, math.ceil(s.last_ts) - start)
+    width = max(1, math.ceil(span / buckets))
+    out = [0.0] * math.ceil(span / width)
+    if not out:
+        out = [0.0]
+    for sec, n in s.fail_seconds.items():
+        i = min(len(out) - 1, max(0, (sec - start) // width))
+        out[i] += n / width
+    return (float(width), out)
+
+
+def findings(s: Summary, limit: int = 10) -> list[str]:
+    """Plain-words statements about the services that failed or saw resets, worst first."""
+    out: list[str] = []
+    for svc in s.ranked():
+        if len(out) >= limit:
+            break
+        nclients = len(svc.clients)
+        clients = f"{nclients}{'+' if svc.clients_capped else ''} client" + (
+            "" if nclients == 1 else "s")
+        refused = svc.failed["refused"]
+        if refused:
+            rate, span = svc.rate()
+            pace = f" ({rate:.1f}/s over {span:.0f} s)" if span else ""
+            tail = (
+                "nothing on that port ever answered" if not svc.answered
+                else f"it accepted {svc.answered} other connection"
+                + ("" if svc.answered == 1 else "s")
+            )
+            out.append(f"{svc.name} refused {_n(refused, 'connection')}{pace} from {clients}; "
+                       f"{tail}.")
+        timeouts = svc.failed["timeout"]
+        if timeouts:
+            out.append(
+                f"{svc.name}: {_n(timeouts, 'connection attempt')} timed out from {clients} "
+                f"({_n(svc.syn_retrans, 'SYN retransmission')}, no answer at all): a firewall "
+                "that drops, a host that is down, or a full listen queue."
+            )
+        for (kind, by), n in sorted(svc.resets.items(), key=lambda kv: -kv[1]):
+            if kind == "refused":
+                continue
+            who = "the client" if by == "orig" else "the server"
+            text = {
+                "abort": f"{_n(n, 'connection')} aborted by {who} (RST on an open connection)",
+                "after-close": f"{_n(n, 'reset')} from {who} after a FIN: one side closed "
+                "with data unread, or data arrived after close",
+                "stray": f"{_n(n, 'reset')} from {who} for connections never seen opening "
+                "(the capture started late, or backscatter)",
+                "injected?": f"{_n(n, 'reset')} claiming to come from {who} whose TTL or IP ID "
+                "does not fit its other packets: possibly injected by a middlebox",
+            }[kind]
+            out.append(f"{svc.name}: {text}.")
+    return out[:limit]
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")

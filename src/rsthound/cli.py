@@ -1,0 +1,253 @@
+"""Command line: parse arguments, run a command, print, pick the exit code.
+
+This is the only module that prints errors. `main()` takes its streams as arguments so that
+tests run the whole CLI in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import enum
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from rsthound import __version__
+from rsthound.errors import BadInput, RstHoundError
+
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    FOUND = 1  # diagnose: something abnormal was found (grep-like)
+    ERROR = 2  # bad usage, or an input that could not be used at all
+    DAMAGED = 3  # results were reported, but part of the input was damaged and skipped
+
+
+ANALYZE_EPILOG = """\
+examples:
+  rsthound analyze capture.pcap                 summary: failing services, findings
+  rsthound analyze --resets capture.pcap        one line per reset, with its kind
+  rsthound analyze --conns --json a.pcapng      one JSON line per connection (Zeek names)
+  rsthound analyze --port 7211 --since 2026-11-22T10:54:00 dump.pcap
+  tcpdump -i any -w /tmp/rst.pcap 'tcp[tcpflags] & (tcp-syn|tcp-rst|tcp-fin) != 0'
+  rsthound analyze /tmp/rst.pcap                (control packets alone are enough)
+
+exit status: 0 analysed, 2 error (no usable input), 3 analysed but part of a file was
+damaged and skipped (said on stderr and in the output).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _time_arg(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use Unix seconds or ISO 8601 like 2026-11-22T10:54:50"
+        ) from None
+    return t.timestamp()
+
+
+def _port_arg(text: str) -> int:
+    try:
+        p = int(text)
+    except ValueError:
+        p = -1
+    if not 0 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return p
+
+
+def _host_arg(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rsthound",
+        description="Track down failed TCP connections and RST packets, and explain them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'rsthound COMMAND --help' for a command's options and examples.",
+    )
+    p.add_argument("--version", action="version", version=f"rsthound {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    a = sub.add_parser(
+        "analyze",
+        help="failed connections and resets in pcap/pcapng files",
+        description="Classify every TCP connection and reset in capture files "
+        "(pcap or pcapng, from tcpdump, dumpcap, Wireshark or any other tool).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ANALYZE_EPILOG,
+    )
+    a.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture file(s)")
+    view = a.add_mutually_exclusive_group()
+    view.add_argument("--resets", action="store_true", help="one line per reset, with its kind")
+    view.add_argument("--conns", action="store_true", help="one line per connection (conn.log)")
+    a.add_argument("--json", action="store_true",
+                   help="JSON: the summary as one object; with --resets/--conns, JSON lines")
+    a.add_argument("--port", type=_port_arg, action="append", default=[],
+                   help="only connections with this port on either side (repeatable)")
+    a.add_argument("--host", type=_host_arg, action="append", default=[],
+                   help="only connections with this address on either side (repeatable)")
+    a.add_argument("--since", type=_time_arg, help="only packets at or after this time")
+    a.add_argument("--until", type=_time_arg, help="only packets before this time")
+    a.add_argument("--top", type=int, default=10, help="services in the table (default 10)")
+    a.add_argument("--max-conns", type=int, default=200_000,
+                   help="connections tracked at once before the oldest are ended "
+                   "(bounds memory; default 200000)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    a.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
+    except _UsageError as e:
+        err.write(f"{e}\n")
+        return Exit.ERROR
+    except SystemExit as e:  # --help, --version
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help(out)
+        return Exit.ERROR
+    commands: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
+        "analyze": _cmd_analyze,
+    }
+    try:
+        return commands[args.command](args, out, err)
+    except RstHoundError as e:
+        if args.debug:
+            traceback.print_exc(file=err)
+        err.write(f"rsthound: {e}\n")
+        return Exit.ERROR
+    except KeyboardInterrupt:
+        err.write("rsthound: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # the reader went away (| head): say nothing, as other Unix tools do
+        _silence_stdout()
+        return Exit.OK
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from rsthound.analyze.session import Analysis, Selection
+    from rsthound.report import jsonout, text
+    from rsthound.sources.capfile import read_capture
+
+    sel = Selection(tuple(args.port), tuple(args.host), args.since, args.until)
+    on_conn = on_reset = None
+    if args.conns:
+        on_conn = (lambda c: out.write(jsonout.line(jsonout.conn_obj(c)))) if args.json else (
+            lambda c: out.write(text.render_conn(c) + "\n"))
+        if not args.json:
+            out.write(text.CONN_HEADER + "\n")
+    if args.resets:
+        on_reset = (lambda r: out.write(jsonout.line(jsonout.reset_obj(r)))) if args.json else (
+            lambda r: out.write(text.render_reset(r) + "\n"))
+    analysis = Analysis(sel, on_conn, on_reset, max_conns=args.max_conns)
+    damages = analysis.summary.damages
+    used: list[str] = []
+    failed = 0
+    progress = _Progress(args.files, err, enabled=not args.no_progress)
+    for path in args.files:
+        try:
+            for batch in read_capture(path, damages):
+                analysis.feed(batch)
+                progress.update(path, int(batch.rec_off[-1]) if len(batch) else 0)
+            used.append(path)
+        except BadInput as e:
+            if args.debug:
+                traceback.print_exc(file=err)
+            err.write(f"rsthound: {e}\n")
+            failed += 1
+        progress.done(path)
+    progress.close()
+    summary = analysis.finish(used)
+    for d in damages:
+        err.write(f"rsthound: damaged: {d.describe()}\n")
+    if not used:
+        return Exit.ERROR
+    if not (args.conns or args.resets):
+        out.write(jsonout.render_summary_json(summary) if args.json else text.render_summary(
+            summary, top=args.top))
+    if failed:
+        return Exit.ERROR
+    return Exit.DAMAGED if damages else Exit.OK
+
+
+class _Progress:
+    """A progress bar on stderr for big files, when stderr is a terminal."""
+
+    def __init__(self, files: list[str], err: TextIO, enabled: bool) -> None:
+        self.bar = None
+        sizes = {}
+        for f in files:
+            try:
+                sizes[f] = os.path.getsize(f)
+            except OSError:
+                sizes[f] = 0
+        self.sizes = sizes
+        if not (enabled and err.isatty() and sum(sizes.values()) >= PROGRESS_MIN_BYTES):
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+            TimeRemainingColumn(), console=Console(file=err), transient=True,
+        )
+        self.bar.start()
+        self.tasks = {f: self.bar.add_task(os.path.basename(f), total=s) for f, s in sizes.items()}
+
+    def update(self, path: str, offset: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.tasks[path], completed=offset)
+
+    def done(self, path: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.tasks[path], completed=self.sizes[path])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Vectorised decoding: a RecordBatch in, the TCP fields of all its packets out, as columns.
+
+Common shapes (Ethernet with up to two VLAN tags, Linux SLL/SLL2, raw IP, BSD loopback;
+IPv4 with options; IPv6 without extension headers) are decoded with numpy for the whole batch
+at once. Rarer shapes go through the reference decoder in `inet.py`, one packet at a time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rsthound.formats import linktypes as lt
+from rsthound.formats.inet import PROTO_TCP, NotTcp, parse_ip_tcp
+from rsthound.formats.records import RecordBatch, u16_at, u32_at
+
+KEY_LEN = 36  # address A (16) port A (2) address B (16) port B (2); A sorts first
+_V6_EXT = np.array([0, 43, 44, 60, 51, 135, 139, 140], dtype=np.uint8)
+
+
+@dataclass
+class DecodeStats:
+    """What the decoder saw that was not a usable TCP packet, by reason."""
+
+    packets: int = 0
+    tcp: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    links: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class TcpColumns:
+    """One row per TCP packet; `rec` is the row's index in its RecordBatch."""
+
+    rec: np.ndarray
+    ts: np.ndarray
+    key: np.ndarray  # (n, KEY_LEN) uint8, canonical connection key
+    flow: np.ndarray  # int64: rows with the same key share a flow number (per batch)
+    a_is_src: np.ndarray  # bool: the sender is endpoint A of the key
+    flags: np.ndarray
+    seq: np.ndarray
+    ack: np.ndarray
+    payload: np.ndarray
+    ip_len: np.ndarray
+    ttl: np.ndarray
+    ipid: np.ndarray  # -1 for IPv6
+    iface: np.ndarray  # interface index in the file, -1 when the file does not say
+    ifindex: np.ndarray  # Linux ifindex from SLL2, -1 otherwise
+
+    def __len__(self) -> int:
+        return len(self.rec)
+
+
+def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
+    """Decode every packet of `batch`; non-TCP packets are counted in `stats` and dropped."""
+    n = len(batch)
+    stats.packets += n
+    buf = batch.buf
+    last = len(buf) - 1
+    d = batch.data_off
+    cap = batch.caplen
+    link_of_iface = np.array([i.linktype for i in batch.interfaces] or [lt.EN10MB])
+    link = link_of_iface[batch.iface] if len(batch.interfaces) > 1 else np.full(
+        n, link_of_iface[0]
+    )
+
+    # Every gather is clamped index by index, so a read past the end of the buffer (only
+    # ever for rows already known to be too short) cannot fault, and valid reads never move.
+    def at8(off: np.ndarray) -> np.ndarray:
+        return buf[np.minimum(off, last)]
+
+    def at16(off: np.ndarray) -> np.ndarray:
+        return u16_at(buf, np.minimum(off, last - 1))
+
+    def at32(off: np.ndarray) -> np.ndarray:
+        return u32_at(buf, np.minimum(off, last - 3), False)
+
+    l3 = np.full(n, -1, dtype=np.int64)  # offset of the IP header inside the packet
+    ver = np.zeros(n, dtype=np.int64)
+    ifindex = np.full(n, -1, dtype=np.int64)
+    slow = np.zeros(n, dtype=bool)
+    for code in np.unique(link).tolist():
+        m = link == code
+        stats.links[lt.link_name(code)] += int(m.sum())
+        dm, cm = d[m], cap[m]
+        if code == lt.EN10MB:
+            pos = np.full(len(dm), 12, dtype=np.int64)
+            et = at16(dm + pos)
+            for _ in range(2):
+                tagged = np.isin(et, lt.ETH_VLAN) & (cm >= pos + 6)
+                pos = np.where(tagged, pos + 4, pos)
+                et = np.where(tagged, at16(dm + pos), et)
+            slow[np.flatnonzero(m)[np.isin(et, lt.ETH_VLAN)]] = True  # more than two tags
+            ok = cm >= pos + 2
+            l3[m] = np.where(ok, pos + 2, -1)
+        elif code in (lt.LINUX_SLL, lt.LINUX_SLL2):
+            hl = 16 if code == lt.LINUX_SLL else 20
+            et = at16(dm + (14 if code == lt.LINUX_SLL else 0))
+            l3[m] = np.where(cm >= hl, hl, -1)
+            if code == lt.LINUX_SLL2:
+                ifindex[m] = at32(dm + 4)
+        elif code in (lt.RAW, lt.IPV4, lt.IPV6):
+            nib = at8(dm) >> 4
+            et = np.where(nib == 4, lt.ETH_IPV4, np.where(nib == 6, lt.ETH_IPV6, 0))
+            l3[m] = np.where(cm >= 1, 0, -1)
+        elif code in (lt.NULL, lt.LOOP):
+            slow[m] = True  # the family's byte order is per file; rare enough to go slow
+            continue
+        else:
+            stats.skipped[f"link type {lt.link_name(code)}"] += int(m.sum())
+            continue
+        ver[m] = np.where(et == lt.ETH_IPV4, 4, np.where(et == lt.ETH_IPV6, 6, 0))
+
+    p = d + l3  # absolute offset of the IP header
+    have = (l3 >= 0) & ~slow
+    stats.skipped["not IP"] += int((have & (ver == 0)).sum())
+    v4 = have & (ver == 4) & (cap >= l3 + 20)
+    v6 = have & (ver == 6) & (cap >= l3 + 40)
+    stats.skipped["truncated"] += int((have & (ver != 0) & ~v4 & ~v6).sum())
+
+    pc = p
+    vihl = at8(pc)
+    ihl = (vihl & 15).astype(np.int64) * 4
+    v4 &= (vihl >> 4 == 4) & (ihl >= 20)
+    proto4 = at8(pc + 9)
+    frag = at16(pc + 6) & 0x1FFF
+    nxt6 = at8(pc + 6)
+    v6 &= vihl >> 4 == 6
+    ext6 = v6 & np.isin(nxt6, _V6_EXT)
+    slow |= ext6
+    v6 &= nxt6 == PROTO_TCP
+    stats.skipped["fragment"] += int((v4 & (proto4 == PROTO_TCP) & (frag != 0)).sum())
+    stats.skipped["not TCP"] += int(((v4 & (proto4 != PROTO_TCP)) | (have & (ver == 6) & ~v6 & ~ext6)).sum())
+    v4 &= (proto4 == PROTO_TCP) & (frag == 0)
+    l4 = np.where(v4, p + ihl, p + 40)
+    tcp = (v4 | v6) & (cap >= (l4 - d) + 16)
+    stats.skipped["truncated"] += int(((v4 | v6) & ~tcp).sum())
+
+    rows = np.flatnonzero(tcp)
+    pr, l4r, is4 = p[rows], l4[rows], v4[rows]
+    l4c = l4r
+    doff = (at8(l4c + 12) >> 4).astype(np.int64) * 4
+    good = doff >= 20
+    stats.skipped["bad TCP header"] += int((~good).sum())
+    rows, pr, l4r, l4c, is4, doff = rows[good], pr[good], l4r[good], l4c[good], is4[good], doff[good]
+    prc = pr
+    ip_len = np.where(is4, at16(prc + 2), at16(prc + 4) + 40).astype(np.int64)
+    payload = np.maximum(ip_len - (l4r - pr) - doff, 0)
+    sport = at16(l4c)
+    dport = at16(l4c + 2)
+    src = _addr16(buf, prc, is4, 12, 8, last)
+    dst = _addr16(buf, prc, is4, 16, 24, last)
+    fast = TcpColumns(
+        rec=rows,
+        ts=batch.ts[rows],
+        key=np.empty((0, KEY_LEN), dtype=np.uint8),
+        flow=np.empty(0, dtype=np.int64),
+        a_is_src=np.empty(0, dtype=bool),
+        flags=at8(l4c + 13).astype(np.int64),
+        seq=at32(l4c + 4).astype(np.int64),
+        ack=at32(l4c + 8).astype(np.int64),
+        payload=payload,
+        ip_len=ip_len,
+        ttl=at8(np.where(is4, prc + 8, prc + 7)).astype(np.int64),
+        ipid=np.where(is4, at16(prc + 4), -1).astype(np.int64),
+        iface=batch.iface[rows].astype(np.int64) if len(batch.interfaces) > 1 else np.full(
+            len(rows), -1 if len(batch.interfaces) <= 1 else 0, dtype=np.int64
+        ),
+        ifindex=ifindex[rows],
+    )
+    src, dst, sport, dport = _merge_slow(batch, np.flatnonzero(slow), link, fast, src, dst,
+                                         sport, dport, stats)
+    _keys(fast, src, dst, sport, dport)
+    stats.tcp += len(fast)
+    return fast
+
+
+def _addr16(buf: np.ndarray, p: np.ndarray, is4: np.ndarray, off4: int, off6: int,
+            last: int) -> np.ndarray:
+    out = np.zeros((len(p), 16), dtype=np.uint8)
+    out[is4, 10:12] = 0xFF
+    r4 = p[is4]
+    out[is4, 12:] = buf[np.minimum(r4[:, None] + off4 + np.arange(4), last)]
+    r6 = p[~is4]
+    out[~is4] = buf[np.minimum(r6[:, None] + off6 + np.arange(16), last)]
+    return out
+
+
+def _merge_slow(
+    batch: RecordBatch,
+    rows: np.ndarray,
+    link: np.ndarray,
+    cols: TcpColumns,
+    src: np.ndarray,
+    dst: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    stats: DecodeStats,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Decode the rare rows one by one with the reference decoder and merge them in order."""
+    if not len(rows):
+        return src, dst, sport, dport
+    got: list[tuple] = []
+    for i in rows.tolist():
+        pkt = batch.packet(i)
+        where = lt.parse_link(int(link[i]), pkt)
+        if where is None:
+            stats.skipped["not IP"] += 1
+            continue
+        try:
+            s = parse_ip_tcp(pkt, where[0], where[1])
+        except NotTcp as e:
+            stats.skipped[{"not-tcp": "not TCP", "bad-ip": "not IP"}.get(e.reason, e.reason)] += 1
+            continue
+        got.append((i, s, where[2]))
+    if not got:
+        return src, dst, sport, dport
+    ii = np.array([g[0] for g in got], dtype=np.int64)
+    segs = [g[1] for g in got]
+    extra = {
+        "rec": ii,
+        "ts": batch.ts[ii],
+        "flags": np.array([s.flags for s in segs], dtype=np.int64),
+        "seq": np.array([s.seq for s in segs], dtype=np.int64),
+        "ack": np.array([s.ack for s in segs], dtype=np.int64),
+        "payload": np.array([s.payload for s in segs], dtype=np.int64),
+        "ip_len": np.array([s.ip_len for s in segs], dtype=np.int64),
+        "ttl": np.array([s.ttl for s in segs], dtype=np.int64),
+        "ipid": np.array([s.ipid for s in segs], dtype=np.int64),
+        "iface": batch.iface[ii].astype(np.int64) if len(batch.interfaces) > 1 else np.full(
+            len(ii), -1, dtype=np.int64),
+        "ifindex": np.array([g[2] for g in got], dtype=np.int64),
+    }
+    order = np.argsort(np.concatenate([cols.rec, ii]), kind="stable")
+    for name, arr in extra.items():
+        setattr(cols, name, np.concatenate([getattr(cols, name), arr])[order])
+    raw = lambda attr: np.frombuffer(b"".join(getattr(s, attr) for s in segs), np.uint8)  # noqa: E731
+    src = np.concatenate([src, raw("src_raw").reshape(-1, 16)])[order]
+    dst = np.concatenate([dst, raw("dst_raw").reshape(-1, 16)])[order]
+    sport = np.concatenate([sport, np.array([s.sport for s in segs], dtype=sport.dtype)])[order]
+    dport = np.concatenate([dport, np.array([s.dport for s in segs], dtype=dport.dtype)])[order]
+    return src, dst, sport, dport
+
+
+def _be64(mat: np.ndarray, lo: int) -> np.ndarray:
+    return np.ascontiguousarray(mat[:, lo : lo + 8]).view(">u8").ravel().astype(np.uint64)
+
+
+_K = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                             0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)]
+
+
+def _keys(cols: TcpColumns, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
+          dport: np.ndarray) -> None:
+    """Canonical connection keys and per-batch flow numbers for every row."""
+    s_hi, s_lo, d_hi, d_lo = _be64(src, 0), _be64(src, 8), _be64(dst, 0), _be64(dst, 8)
+    sp = sport.astype(np.uint64)
+    dp = dport.astype(np.uint64)
+    a_is_src = (s_hi < d_hi) | (
+        (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp)))
+    )
+    n = len(sp)
+    key = np.empty((n, KEY_LEN), dtype=np.uint8)
+    sel = a_is_src[:, None]
+    key[:, 0:16] = np.where(sel, src, dst)
+    key[:, 18:34] = np.where(sel, dst, src)
+    pa = np.where(a_is_src, sp, dp)
+    pb = np.where(a_is_src, dp, sp)
+    key[:, 16] = pa >> 8
+    key[:, 17] = pa & 0xFF
+    key[:, 34] = pb >> 8
+    key[:, 35] = pb & 0xFF
+    with np.errstate(over="ignore"):
+        h = (np.where(a_is_src, s_hi, d_hi) * _K[0]) ^ (np.where(a_is_src, s_lo, d_lo) * _K[1])
+        h ^= (np.where(a_is_src, d_hi, s_hi) * _K[2]) ^ (np.where(a_is_src, d_lo, s_lo) * _K[3])
+        h ^= ((pa << np.uint64(16)) | pb) * _K[4]
+        h ^= h >> np.uint64(31)
+    _, first, flow = np.unique(h, return_index=True, return_inverse=True)
+    if n and not (key == key[first[flow]]).all():
+        # A 64-bit hash collision inside one batch: fall back to exact keys.
+        _, flow = np.unique(key.view(f"V{KEY_LEN}").ravel(), return_inverse=True)
+    cols.key = key
+    cols.flow = flow.ravel().astype(np.int64)
+    cols.a_is_src = a_is_src

@@ -1,0 +1,62 @@
+"""A batch of capture records, as columns, whichever file format they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BATCH = 65536  # records per batch: big enough to vectorise, small enough for bounded memory
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """A capture interface as a file describes it (pcapng IDB; one implicit one for pcap)."""
+
+    linktype: int
+    name: str | None = None
+    snaplen: int = 0
+    ts_scale: float = 1e-6  # seconds per timestamp unit
+    ts_offset: float = 0.0
+
+
+@dataclass(slots=True)
+class RecordBatch:
+    """Up to BATCH packet records; `buf[data_off[i] : data_off[i] + caplen[i]]` is packet i.
+
+    `buf` is a uint8 view of the input (usually the whole mapped file); `iface` indexes
+    `interfaces`; `rec_off` is where each record starts in the file (for messages);
+    `first_frame` is the 1-based frame number of record 0.
+    """
+
+    buf: np.ndarray
+    data_off: np.ndarray  # int64
+    caplen: np.ndarray  # int64
+    wirelen: np.ndarray  # int64
+    ts: np.ndarray  # float64 seconds
+    iface: np.ndarray  # int32 into `interfaces`
+    interfaces: list[Interface]
+    rec_off: np.ndarray  # int64
+    first_frame: int
+
+    def __len__(self) -> int:
+        return len(self.data_off)
+
+    def packet(self, i: int) -> bytes:
+        start = int(self.data_off[i])
+        return self.buf[start : start + int(self.caplen[i])].tobytes()
+
+
+def u32_at(buf: np.ndarray, off: np.ndarray, little: bool) -> np.ndarray:
+    """Gather a 32-bit unsigned integer at each offset of `off` (any alignment)."""
+    b = [buf[off + k].astype(np.uint32) for k in range(4)]
+    if little:
+        return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
+    return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+
+
+def u16_at(buf: np.ndarray, off: np.ndarray, little: bool = False) -> np.ndarray:
+    """Gather a 16-bit unsigned integer at each offset of `off` (big-endian by default)."""
+    b0 = buf[off].astype(np.uint32)
+    b1 = buf[off + 1].astype(np.uint32)
+    return (b1 << 8 | b0) if little else (b0 << 8 | b1)

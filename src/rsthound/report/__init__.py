@@ -1,0 +1,1 @@
+"""Rendering only: text and JSON from the analyzers' records. Computes nothing."""

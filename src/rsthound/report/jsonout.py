@@ -1,0 +1,127 @@
+"""JSON renderings: the summary as one object; connections and resets as JSON lines.
+
+Connection fields use Zeek's conn.log JSON names where Zeek has the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rsthound.analyze.summary import Summary, failure_series, findings
+from rsthound.model import Conn, Reset
+
+
+def _ts(x: float) -> float | None:
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def summary_obj(s: Summary) -> dict[str, Any]:
+    width, series = failure_series(s)
+    failed = s.failed_total()
+    services = []
+    for svc in s.ranked():
+        rate, span = svc.rate()
+        resets: dict[str, dict[str, int]] = {}
+        for (kind, by), n in svc.resets.items():
+            resets.setdefault(kind, {})[by] = n
+        services.append({
+            "service": svc.name,
+            "connections": svc.conns,
+            "answered": svc.answered,
+            "failed": svc.failures,
+            "refused": svc.failed["refused"],
+            "timeout": svc.failed["timeout"],
+            "syn_retrans": svc.syn_retrans,
+            "resets": resets,
+            "clients": len(svc.clients),
+            "clients_capped": svc.clients_capped,
+            "first": _ts(svc.first),
+            "last": _ts(svc.last),
+            "rate_per_s": round(rate, 3),
+            "span_s": round(span, 3),
+        })
+    return {
+        "files": s.files,
+        "packets": s.packets,
+        "tcp_packets": s.tcp_packets,
+        "link_types": dict(s.links),
+        "skipped": dict(s.skipped),
+        "start": _ts(s.first_ts),
+        "end": _ts(s.last_ts),
+        "duration": round(s.duration, 6),
+        "connections": s.conns,
+        "conn_states": dict(s.states),
+        "failed": {
+            "total": failed,
+            "refused": s.failures["refused"],
+            "timeout": s.failures["timeout"],
+            "rate_per_s": round(failed / s.duration, 3) if s.duration > 0 else 0.0,
+        },
+        "resets": {"total": sum(s.resets.values()), "by_kind": dict(s.resets)},
+        "failures_per_second": {
+            "bucket_s": width,
+            "series": [round(v, 3) for v in series],
+            "peak": round(max(series), 3) if series else 0.0,
+        },
+        "services": services,
+        "findings": findings(s),
+        "damage": [
+            {"file": d.path, "offset": d.offset, "skipped": d.skipped, "reason": d.reason}
+            for d in s.damages
+        ],
+        "evicted": s.evicted,
+    }
+
+
+def render_summary_json(s: Summary) -> str:
+    return json.dumps(summary_obj(s), indent=2) + "\n"
+
+
+def conn_obj(c: Conn) -> dict[str, Any]:
+    return {
+        "ts": _ts(c.ts),
+        "uid": c.uid,
+        "id.orig_h": c.orig_h,
+        "id.orig_p": c.orig_p,
+        "id.resp_h": c.resp_h,
+        "id.resp_p": c.resp_p,
+        "proto": "tcp",
+        "duration": round(c.duration, 6),
+        "orig_bytes": c.orig_bytes,
+        "resp_bytes": c.resp_bytes,
+        "conn_state": c.conn_state,
+        "history": c.history,
+        "orig_pkts": c.orig_pkts,
+        "orig_ip_bytes": c.orig_ip_bytes,
+        "resp_pkts": c.resp_pkts,
+        "resp_ip_bytes": c.resp_ip_bytes,
+        "failure": c.failure.value if c.failure else None,
+        "syn_retrans": c.syn_retrans,
+        "resets": c.resets,
+        "iface": c.iface,
+    }
+
+
+def reset_obj(r: Reset) -> dict[str, Any]:
+    return {
+        "ts": _ts(r.ts),
+        "src": r.src,
+        "sport": r.sport,
+        "dst": r.dst,
+        "dport": r.dport,
+        "kind": r.kind.value,
+        "sent_by": r.sent_by,
+        "flags": r.flags,
+        "seq": r.seq,
+        "ack": r.ack,
+        "ttl": r.ttl,
+        "iface": r.iface,
+        "uid": r.uid,
+        "why": r.why,
+    }
+
+
+def line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":")) + "\n"

@@ -1,0 +1,138 @@
+"""The terminal view of `analyze`: a summary readable in ten seconds, 80 columns wide."""
+
+from __future__ import annotations
+
+from rsthound.analyze.summary import Summary, failure_series, findings
+from rsthound.formats.inet import flag_text
+from rsthound.model import Conn, Reset
+from rsthound.report.timefmt import clock, seconds, stamp
+
+SPARK = " ▁▂▃▄▅▆▇█"
+WIDTH = 80
+
+
+def render_summary(s: Summary, top: int = 10) -> str:
+    lines: list[str] = []
+    names = ", ".join(s.files)
+    lines.append(f"rsthound analyze: {names}")
+    if not s.packets:
+        lines.append("no packets")
+        lines.extend(_damage_lines(s))
+        return "\n".join(lines) + "\n"
+    lines.append(
+        f"capture   {stamp(s.first_ts)} .. {clock(s.last_ts)} ({seconds(s.duration)}), "
+        f"{s.packets:,} packets, {s.tcp_packets:,} TCP"
+    )
+    lines.append(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 6))
+    failed = s.failed_total()
+    rate = failed / s.duration if s.duration > 0 else 0.0
+    lines.append(
+        f"failed    {failed:,} connections ({s.failures['refused']:,} refused, "
+        f"{s.failures['timeout']:,} timed out), {rate:.2f}/s over the capture"
+    )
+    resets = sum(s.resets.values())
+    lines.append(f"resets    {resets:,}" + (f": {_top_counts(s.resets, 6)}" if resets else ""))
+    if failed:
+        width, series = failure_series(s)
+        peak = max(series)
+        spark = "".join(SPARK[min(8, int(round(8 * v / peak)))] if peak else " " for v in series)
+        lines.append(f"per {'second' if width == 1 else seconds(width)}: |{spark}| peak {peak:.1f}/s")
+    lines.append("")
+    ranked = [svc for svc in s.ranked() if svc.failures or svc.reset_count][:top]
+    if ranked:
+        rows = [["SERVICE", "FAILED", "REFUSED", "TIMEOUT", "RESETS", "CLIENTS", "RATE",
+                 "FIRST", "LAST"]]
+        for svc in ranked:
+            rate_s, _span = svc.rate()
+            rows.append([
+                svc.name, str(svc.failures), str(svc.failed["refused"]),
+                str(svc.failed["timeout"]), str(svc.reset_count - svc.resets[("refused", "resp")]),
+                f"{len(svc.clients)}{'+' if svc.clients_capped else ''}",
+                f"{rate_s:.1f}/s" if rate_s else "-",
+                clock(svc.first) if svc.failures else "-",
+                clock(svc.last) if svc.failures else "-",
+            ])
+        lines.extend(_table(rows))
+        more = sum(1 for svc in s.services.values() if svc.failures or svc.reset_count) - len(ranked)
+        if more > 0:
+            lines.append(f"... and {more} more services (--json lists them all)")
+        lines.append("")
+        lines.append("Findings")
+        for f in findings(s):
+            lines.extend(_wrap("- " + f, "  "))
+    else:
+        lines.append("No failed connections and no resets.")
+    skipped = sum(s.skipped.values())
+    if skipped:
+        lines.append("")
+        lines.append(f"not analysed: {skipped:,} packets ({_top_counts(s.skipped, 5)})")
+    if s.evicted:
+        lines.append(f"memory cap: {s.evicted:,} connections were ended early to stay bounded")
+    lines.extend(_damage_lines(s))
+    return "\n".join(lines) + "\n"
+
+
+def _damage_lines(s: Summary) -> list[str]:
+    out = []
+    for d in s.damages:
+        out.extend(_wrap("damaged: " + d.describe(), "  "))
+    return out
+
+
+def _top_counts(c: object, n: int) -> str:
+    items = sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))  # type: ignore[attr-defined]
+    text = ", ".join(f"{v:,} {k}" for k, v in items[:n])
+    return text + (", ..." if len(items) > n else "")
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    room = WIDTH - sum(widths[1:]) - (len(widths) - 1)
+    widths[0] = max(12, min(widths[0], room))
+    out = []
+    for r in rows:
+        cells = [r[0][: widths[0]].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        out.append(" ".join(cells).rstrip())
+    return out
+
+
+def _wrap(text: str, indent: str) -> list[str]:
+    words = text.split(" ")
+    lines, cur = [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > WIDTH:
+            lines.append(cur)
+            cur = indent + w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    lines.append(cur)
+    return lines
+
+
+def _ep(host: str, port: int) -> str:
+    return f"{host}.{port}"
+
+
+def render_reset(r: Reset) -> str:
+    """One reset, tcpdump style, then its kind and who sent it."""
+    ip = "IP6" if ":" in r.src else "IP"
+    where = f"{r.iface} " if r.iface else ""
+    return (
+        f"{clock(r.ts, micros=True)} {where}{ip} {_ep(r.src, r.sport)} > {_ep(r.dst, r.dport)}: "
+        f"Flags [{flag_text(r.flags)}], seq {r.seq}, ack {r.ack}, ttl {r.ttl}  "
+        f"{r.kind.value} by {'client' if r.sent_by == 'orig' else 'server'}"
+    )
+
+
+CONN_HEADER = "TS              ORIG                         RESP                   STATE  HISTORY    PKTS    BYTES  FAILURE"
+
+
+def render_conn(c: Conn) -> str:
+    """One connection, like a line of Zeek's conn.log, narrowed."""
+    orig = f"{c.orig_h}:{c.orig_p}" if ":" not in c.orig_h else f"[{c.orig_h}]:{c.orig_p}"
+    return (
+        f"{clock(c.ts, micros=True)} {orig:<28} {c.service:<22} {c.conn_state:<6} "
+        f"{c.history:<10} {c.orig_pkts}/{c.resp_pkts} {c.orig_bytes}/{c.resp_bytes} "
+        f"{c.failure.value if c.failure else '-'}"
+    )

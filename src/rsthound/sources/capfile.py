@@ -1,0 +1,65 @@
+"""Open a capture file (pcap or pcapng, told apart by content) and walk its records."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+from collections.abc import Iterator
+
+from rsthound.errors import BadInput
+from rsthound.formats.pcap import is_pcap, read_pcap
+from rsthound.formats.pcapng import is_pcapng, read_pcapng
+from rsthound.formats.records import RecordBatch
+from rsthound.model import Damage
+
+
+def read_capture(path: str, damages: list[Damage]) -> Iterator[RecordBatch]:
+    """Yield the record batches of the capture at `path` (read through a memory map).
+
+    BadInput when the file cannot be opened or is no capture at all; damage inside a
+    capture is appended to `damages` and reading goes on.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise BadInput(_open_error(e), path) from None
+    with contextlib.ExitStack() as stack:
+        stack.callback(os.close, fd)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise BadInput("empty file, not a capture", path, 0)
+        try:
+            data = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"cannot map the file: {e}", path) from None
+        stack.callback(_unmap, data)
+        head = data[:12]
+        if is_pcap(head):
+            reader = read_pcap(data, path, damages)
+        elif is_pcapng(head):
+            reader = read_pcapng(data, path, damages)
+        else:
+            raise BadInput(
+                "not a capture: neither pcap nor pcapng (expected a file from tcpdump -w, "
+                "dumpcap or Wireshark)", path, 0,
+            )
+        yield from reader
+
+
+def _unmap(data: mmap.mmap) -> None:
+    # The caller may still hold the last batch (a numpy view of the map); the map is then
+    # released by the garbage collector instead.
+    with contextlib.suppress(BufferError):
+        data.close()
+
+
+def _open_error(e: OSError) -> str:
+    if e.errno == errno.ENOENT:
+        return "no such file"
+    if e.errno == errno.EACCES:
+        return "permission denied (run as a user who can read it, or copy it somewhere readable)"
+    if e.errno == errno.EISDIR:
+        return "is a directory, not a capture file"
+    return e.strerror or str(e)
