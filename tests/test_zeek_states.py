@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from packets import ACK, FIN, RST, SYN, Talk, pcap_bytes
 from flowrun import analyse
+from packets import ACK, FIN, RST, SYN, Talk, pcap_bytes
 
 
 def one(tmp_path: Path, talk: Talk):

@@ -27,8 +27,8 @@ class Damage:
     reason: str
 
     def describe(self) -> str:
-        tail = "to the end of the file" if self.skipped < 0 else f"{self.skipped} bytes skipped"
-        return f"{self.path}: at byte {self.offset}: {self.reason} ({tail})"
+        tail = f" ({self.skipped} bytes skipped)" if self.skipped > 0 else ""
+        return f"{self.path}: at byte {self.offset}: {self.reason}{tail}"
 
 
 @dataclass(frozen=True, slots=True)

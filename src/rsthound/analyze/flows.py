@@ -122,9 +122,9 @@ class FlowTable:
         if end.start_seq < 0:
             end.start_seq = seq if flags & SYN else (seq - 1) & 0xFFFFFFFF
             end.last_seq = end.start_seq
-        elif flags & SYN and end.state in (INACTIVE, zeek.PARTIAL, ESTABLISHED, RESET):
-            if end.state != ESTABLISHED or end.size() == 0:
-                end.start_seq = end.last_seq = seq
+        elif (flags & SYN and end.state in (INACTIVE, zeek.PARTIAL, ESTABLISHED, RESET)
+              and (end.state != ESTABLISHED or end.size() == 0)):
+            end.start_seq = end.last_seq = seq  # a new SYN restarts the sequence space
         seg = payload + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         if flags & RST:
             seg -= payload

@@ -97,7 +97,8 @@ class Analysis:
             if name is None and several and iface >= 0:
                 name = f"if{iface}"
             if ifindex >= 0:
-                return f"{name}:ifindex {ifindex}" if name and name != "any" else f"ifindex {ifindex}"
+                return f"{name}:ifindex {ifindex}" if name and name != "any" else (
+                    f"ifindex {ifindex}")
             return name
 
         self.table.feed(cols, label)

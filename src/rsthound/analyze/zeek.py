@@ -21,8 +21,20 @@ class Side:
     """One endpoint of a connection (Zeek's TCP_Endpoint, reduced to what we report)."""
 
     __slots__ = (
-        "fins", "hist", "ipid", "ip_bytes", "last_fin", "last_rst", "last_seq",
-        "last_syn", "pkts", "prev", "start_seq", "state", "syns", "ttls",
+        "fins",
+        "hist",
+        "ip_bytes",
+        "ipid",
+        "last_fin",
+        "last_rst",
+        "last_seq",
+        "last_syn",
+        "pkts",
+        "prev",
+        "start_seq",
+        "state",
+        "syns",
+        "ttls",
     )
 
     def __init__(self) -> None:
@@ -139,9 +151,8 @@ def update_state(end: Side, peer: Side, orig: Side, is_orig: bool, flags: int, p
                 peer.set(CLOSED)  # the peer's FIN then RST was a normal close after all
         if flags & RST:
             end.set(RESET)
-    elif st == CLOSED:
-        if flags & RST and peer.state != CLOSED:
-            end.set(RESET)
+    elif st == CLOSED and flags & RST and peer.state != CLOSED:
+        end.set(RESET)
     return flip
 
 

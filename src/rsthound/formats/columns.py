@@ -132,7 +132,9 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     slow |= ext6
     v6 &= nxt6 == PROTO_TCP
     stats.skipped["fragment"] += int((v4 & (proto4 == PROTO_TCP) & (frag != 0)).sum())
-    stats.skipped["not TCP"] += int(((v4 & (proto4 != PROTO_TCP)) | (have & (ver == 6) & ~v6 & ~ext6)).sum())
+    other4 = v4 & (proto4 != PROTO_TCP)
+    other6 = have & (ver == 6) & ~v6 & ~ext6
+    stats.skipped["not TCP"] += int((other4 | other6).sum())
     v4 &= (proto4 == PROTO_TCP) & (frag == 0)
     l4 = np.where(v4, p + ihl, p + 40)
     tcp = (v4 | v6) & (cap >= (l4 - d) + 16)
@@ -144,10 +146,10 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     doff = (at8(l4c + 12) >> 4).astype(np.int64) * 4
     good = doff >= 20
     stats.skipped["bad TCP header"] += int((~good).sum())
-    rows, pr, l4r, l4c, is4, doff = rows[good], pr[good], l4r[good], l4c[good], is4[good], doff[good]
-    prc = pr
+    rows, prc, l4r, is4, doff = rows[good], pr[good], l4r[good], is4[good], doff[good]
+    l4c = l4r
     ip_len = np.where(is4, at16(prc + 2), at16(prc + 4) + 40).astype(np.int64)
-    payload = np.maximum(ip_len - (l4r - pr) - doff, 0)
+    payload = np.maximum(ip_len - (l4r - prc) - doff, 0)
     sport = at16(l4c)
     dport = at16(l4c + 2)
     src = _addr16(buf, prc, is4, 12, 8, last)

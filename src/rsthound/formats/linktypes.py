@@ -37,6 +37,10 @@ AF_INET = 2
 AF_INET6 = (10, 24, 28, 30)
 
 
+def supported_names() -> str:
+    return ", ".join(NAMES[k] for k in sorted(NAMES))
+
+
 def link_name(linktype: int) -> str:
     return NAMES.get(linktype, f"LINKTYPE_{linktype}")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsthound.errors import BadInput
+from rsthound.formats.linktypes import SUPPORTED, link_name, supported_names
 from rsthound.formats.records import BATCH, Interface, RecordBatch, u32_at
 from rsthound.model import Damage
 
@@ -57,7 +58,7 @@ def parse_pcap_header(head: bytes, path: str = "<bytes>") -> PcapHeader:
         raise BadInput(
             f"truncated pcap file header ({len(head)} of 24 bytes)", path, len(head)
         )
-    for little, fmt in ((True, "<"), (False, ">")):
+    for little, fmt in ((True, "<"), (False, ">")):  # noqa: B007  (used after the loop)
         magic = struct.unpack(fmt + "I", head[:4])[0]
         if magic in (MAGIC_USEC, MAGIC_NSEC):
             break
@@ -79,6 +80,11 @@ def read_pcap(
     Damage found on the way is appended to `damages`; sound records are still yielded.
     """
     hdr = parse_pcap_header(bytes(data[:24]), path)
+    if hdr.linktype not in SUPPORTED:
+        raise BadInput(
+            f"link type {hdr.linktype} ({link_name(hdr.linktype)}) is not one rsthound reads; "
+            f"it reads {supported_names()}", path, 20,
+        )
     arr = np.frombuffer(data, dtype=np.uint8)
     end = len(arr)
     iface = [Interface(hdr.linktype, None, hdr.snaplen, 1e-9 if hdr.nanos else 1e-6)]
@@ -212,6 +218,6 @@ def pcap_record(ts: float, packet: bytes, wirelen: int | None = None,
     """One record (16-byte header and the packet) for a file from `pcap_file_header`."""
     sec = int(ts)
     scale = 1_000_000_000 if nanos else 1_000_000
-    frac = min(scale - 1, int(round((ts - sec) * scale)))
+    frac = min(scale - 1, round((ts - sec) * scale))
     length = len(packet) if wirelen is None else wirelen
     return struct.pack("<IIII", sec, frac, len(packet), length) + packet

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from rsthound.errors import BadInput
+from rsthound.formats.linktypes import SUPPORTED, link_name
 from rsthound.formats.records import BATCH, Interface, RecordBatch, u32_at
 from rsthound.model import Damage
 
@@ -99,7 +100,7 @@ def read_pcapng(
         btype = struct.unpack_from(fmt + "I", data, off)[0]
         if btype == SHB:
             order = bytes(data[off + 8 : off + 12])
-            fmt = "<" if order == b"\x4d\x3c\x2b\x1a" else ">" if order == b"\x1a\x2b\x3c\x4d" else ""
+            fmt = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(order, "")
             if not fmt:
                 fmt = "<"
                 damages.append(Damage(path, off, 4, "section header with unknown byte order"))
@@ -111,7 +112,8 @@ def read_pcapng(
                 break
             nxt = _resync(arr, data, off, fmt)
             if nxt is None:
-                damages.append(Damage(path, off, end - off, problem + "; nothing readable after it"))
+                damages.append(
+                    Damage(path, off, end - off, problem + "; nothing readable after it"))
                 break
             damages.append(Damage(path, off, nxt - off, problem))
             off = nxt
@@ -124,7 +126,13 @@ def read_pcapng(
                 yield b
             section_base = len(interfaces)
         elif btype == IDB:
-            interfaces.append(parse_idb(bytes(data[off + 8 : off + blen - 4]), fmt))
+            ifc = parse_idb(bytes(data[off + 8 : off + blen - 4]), fmt)
+            if ifc.linktype not in SUPPORTED:
+                damages.append(Damage(
+                    path, off, 0, f"interface {len(interfaces) - section_base} "
+                    f"({ifc.name or 'unnamed'}) has link type {link_name(ifc.linktype)}, "
+                    "which rsthound does not read: its packets are skipped"))
+            interfaces.append(ifc)
         elif btype == SPB:
             if section_base < len(interfaces):
                 wire = struct.unpack_from(fmt + "I", data, off + 8)[0]
@@ -141,7 +149,8 @@ def read_pcapng(
                 ts = ((hi << 32) | lo) * ifc.ts_scale + ifc.ts_offset
                 other.append((off, off + 28, cap, wire, ts, idx))
             else:
-                damages.append(Damage(path, off, blen, "packet block with a bad interface or length"))
+                damages.append(
+                    Damage(path, off, blen, "packet block with a bad interface or length"))
         off += blen
         if len(epb) + len(other) >= BATCH:
             b = flush()
@@ -206,7 +215,10 @@ def _columns(
     cols = [rec[fits], rec[fits] + 28, cap[fits], wire[fits], ts[fits], if_id[fits]]
     if other:
         extra = list(zip(*other, strict=True))
-        cols = [np.concatenate([c, np.array(e, dtype=c.dtype)]) for c, e in zip(cols, extra, strict=True)]
+        cols = [
+            np.concatenate([c, np.array(e, dtype=c.dtype)])
+            for c, e in zip(cols, extra, strict=True)
+        ]
         order = np.argsort(cols[0], kind="stable")
         cols = [c[order] for c in cols]
         # Simple packet blocks carry no time: give them the time of the record before.

@@ -35,8 +35,9 @@ def render_summary(s: Summary, top: int = 10) -> str:
     if failed:
         width, series = failure_series(s)
         peak = max(series)
-        spark = "".join(SPARK[min(8, int(round(8 * v / peak)))] if peak else " " for v in series)
-        lines.append(f"per {'second' if width == 1 else seconds(width)}: |{spark}| peak {peak:.1f}/s")
+        spark = "".join(SPARK[min(8, round(8 * v / peak))] if peak else " " for v in series)
+        per = "second" if width == 1 else seconds(width)
+        lines.append(f"per {per}: |{spark}| peak {peak:.1f}/s")
     lines.append("")
     ranked = [svc for svc in s.ranked() if svc.failures or svc.reset_count][:top]
     if ranked:
@@ -53,7 +54,7 @@ def render_summary(s: Summary, top: int = 10) -> str:
                 clock(svc.last) if svc.failures else "-",
             ])
         lines.extend(_table(rows))
-        more = sum(1 for svc in s.services.values() if svc.failures or svc.reset_count) - len(ranked)
+        more = sum(1 for v in s.services.values() if v.failures or v.reset_count) - len(ranked)
         if more > 0:
             lines.append(f"... and {more} more services (--json lists them all)")
         lines.append("")
@@ -125,7 +126,9 @@ def render_reset(r: Reset) -> str:
     )
 
 
-CONN_HEADER = "TS              ORIG                         RESP                   STATE  HISTORY    PKTS    BYTES  FAILURE"
+CONN_HEADER = (
+    f"{'TS':<15} {'ORIG':<28} {'RESP':<22} {'STATE':<6} {'HISTORY':<10} PKTS BYTES FAILURE"
+)
 
 
 def render_conn(c: Conn) -> str:

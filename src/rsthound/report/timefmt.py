@@ -11,7 +11,7 @@ def clock(ts: float, micros: bool = False) -> str:
     if not math.isfinite(ts):
         return "-"
     base = time.strftime("%H:%M:%S", time.localtime(ts))
-    return f"{base}.{int(round((ts % 1) * 1e6)) % 1000000:06d}" if micros else base
+    return f"{base}.{round((ts % 1) * 1e6) % 1000000:06d}" if micros else base
 
 
 def stamp(ts: float) -> str:
@@ -25,6 +25,6 @@ def seconds(span: float) -> str:
     """8.0 -> '8.0 s'; 4000 -> '1h06m40s'."""
     if span < 60:
         return f"{span:.1f} s"
-    m, s = divmod(int(round(span)), 60)
+    m, s = divmod(round(span), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 
 from rsthound.errors import BadInput
@@ -27,14 +28,23 @@ def read_capture(path: str, damages: list[Damage]) -> Iterator[RecordBatch]:
         raise BadInput(_open_error(e), path) from None
     with contextlib.ExitStack() as stack:
         stack.callback(os.close, fd)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            raise BadInput("empty file, not a capture", path, 0)
-        try:
-            data = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-        except (OSError, ValueError) as e:
-            raise BadInput(f"cannot map the file: {e}", path) from None
-        stack.callback(_unmap, data)
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise BadInput("is a directory, not a capture file", path)
+        data: mmap.mmap | bytes
+        if stat.S_ISREG(st.st_mode):
+            if st.st_size == 0:
+                raise BadInput("empty file, not a capture", path, 0)
+            try:
+                data = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            except (OSError, ValueError) as e:
+                raise BadInput(f"cannot map the file: {e}", path) from None
+            stack.callback(_unmap, data)
+        else:  # a pipe or a device: read it whole
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+            if not data:
+                raise BadInput("empty input, not a capture", path, 0)
         head = data[:12]
         if is_pcap(head):
             reader = read_pcap(data, path, damages)
