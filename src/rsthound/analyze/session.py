@@ -109,8 +109,9 @@ class Analysis:
         s.files = files
         s.packets = self.stats.packets
         s.tcp_packets = self.stats.tcp
-        s.skipped = self.stats.skipped
+        s.skipped = +self.stats.skipped  # unary plus drops the zero counts
         s.links = self.stats.links
+        s.flags = self.stats.flags
         s.evicted = self.table.evicted
         return s
 

@@ -59,6 +59,7 @@ class Summary:
     tcp_packets: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     links: Counter[str] = field(default_factory=Counter)
+    flags: Counter[str] = field(default_factory=Counter)
     damages: list[Damage] = field(default_factory=list)
     first_ts: float = math.inf
     last_ts: float = -math.inf

@@ -28,6 +28,7 @@ class DecodeStats:
     tcp: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     links: Counter[str] = field(default_factory=Counter)
+    flags: Counter[str] = field(default_factory=Counter)  # syn, syn-ack, fin, rst packets
 
 
 @dataclass(slots=True)
@@ -176,6 +177,13 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
                                          sport, dport, stats)
     _keys(fast, src, dst, sport, dport)
     stats.tcp += len(fast)
+    f = fast.flags
+    syn = (f & 0x02) != 0
+    ack = (f & 0x10) != 0
+    stats.flags["syn"] += int((syn & ~ack).sum())
+    stats.flags["syn-ack"] += int((syn & ack).sum())
+    stats.flags["fin"] += int(((f & 0x01) != 0).sum())
+    stats.flags["rst"] += int(((f & 0x04) != 0).sum())
     return fast
 
 

@@ -47,6 +47,7 @@ def summary_obj(s: Summary) -> dict[str, Any]:
         "packets": s.packets,
         "tcp_packets": s.tcp_packets,
         "link_types": dict(s.links),
+        "tcp_flags": {k: s.flags[k] for k in ("syn", "syn-ack", "fin", "rst")},
         "skipped": dict(s.skipped),
         "start": _ts(s.first_ts),
         "end": _ts(s.last_ts),

@@ -23,6 +23,9 @@ def render_summary(s: Summary, top: int = 10) -> str:
         f"capture   {stamp(s.first_ts)} .. {clock(s.last_ts)} ({seconds(s.duration)}), "
         f"{s.packets:,} packets, {s.tcp_packets:,} TCP"
     )
+    fl = s.flags
+    lines.append(f"segments  {fl['syn']:,} SYN, {fl['syn-ack']:,} SYN-ACK, {fl['fin']:,} FIN, "
+                 f"{fl['rst']:,} RST")
     lines.append(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 6))
     failed = s.failed_total()
     rate = failed / s.duration if s.duration > 0 else 0.0
