@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "analyze",
         help="failed connections and resets in pcap/pcapng files",
-        description="Classify every TCP connection and reset in capture files "
+        description="Classify every TCP connection and reset in capture files\n"
         "(pcap or pcapng, from tcpdump, dumpcap, Wireshark or any other tool).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ANALYZE_EPILOG,

@@ -41,13 +41,19 @@ class Service:
         return sum(self.resets.values())
 
     def rate(self) -> tuple[float, float]:
-        """(failures per second, the span they cover): n events at a steady pace fill
-        n intervals, so 16 refusals 0.5 s apart are 2.0/s over 8 s."""
-        n = self.fail_times
-        if n < 2 or self.last <= self.first:
-            return (0.0, 0.0)
-        span = (self.last - self.first) * n / (n - 1)
-        return (n / span, span)
+        return pace(self.fail_times, self.first, self.last)
+
+
+def pace(n: int, first: float, last: float) -> tuple[float, float]:
+    """(events per second, the span they cover) for n events from `first` to `last`.
+
+    n events at a steady pace fill n intervals, so 16 refusals 0.5 s apart (7.5 s from the
+    first to the last) are 2.0/s over 8 s.
+    """
+    if n < 2 or last <= first:
+        return (0.0, 0.0)
+    span = (last - first) * n / (n - 1)
+    return (n / span, span)
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Summary:
     resets: Counter[str] = field(default_factory=Counter)
     services: dict[str, Service] = field(default_factory=dict)
     fail_seconds: Counter[int] = field(default_factory=Counter)  # whole second -> failures
+    fail_first: float = math.inf
+    fail_last: float = -math.inf
     evicted: int = 0
 
     @property
@@ -77,6 +85,9 @@ class Summary:
 
     def failed_total(self) -> int:
         return sum(self.failures[k] for k in FAILURES)
+
+    def failure_rate(self) -> tuple[float, float]:
+        return pace(self.failed_total(), self.fail_first, self.fail_last)
 
     def ranked(self) -> list[Service]:
         return sorted(
@@ -127,6 +138,8 @@ class Summarizer:
             svc.last = max(svc.last, t)
             svc.fail_times += 1
             s.fail_seconds[int(t)] += 1
+            s.fail_first = min(s.fail_first, t)
+            s.fail_last = max(s.fail_last, t)
 
     def reset(self, r: Reset) -> None:
         self.s.resets[r.kind.value] += 1

@@ -58,7 +58,9 @@ def summary_obj(s: Summary) -> dict[str, Any]:
             "total": failed,
             "refused": s.failures["refused"],
             "timeout": s.failures["timeout"],
-            "rate_per_s": round(failed / s.duration, 3) if s.duration > 0 else 0.0,
+            "rate_per_s": round(s.failure_rate()[0], 3),
+            "first": _ts(s.fail_first),
+            "last": _ts(s.fail_last),
         },
         "resets": {"total": sum(s.resets.values()), "by_kind": dict(s.resets)},
         "failures_per_second": {

@@ -28,10 +28,11 @@ def render_summary(s: Summary, top: int = 10) -> str:
                  f"{fl['rst']:,} RST")
     lines.append(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 6))
     failed = s.failed_total()
-    rate = failed / s.duration if s.duration > 0 else 0.0
+    rate, _span = s.failure_rate()
+    pace = f", {rate:.1f}/s from {clock(s.fail_first)} to {clock(s.fail_last)}" if rate else ""
     lines.append(
         f"failed    {failed:,} connections ({s.failures['refused']:,} refused, "
-        f"{s.failures['timeout']:,} timed out), {rate:.2f}/s over the capture"
+        f"{s.failures['timeout']:,} timed out){pace}"
     )
     resets = sum(s.resets.values())
     lines.append(f"resets    {resets:,}" + (f": {_top_counts(s.resets, 6)}" if resets else ""))
@@ -57,6 +58,7 @@ def render_summary(s: Summary, top: int = 10) -> str:
                 clock(svc.last) if svc.failures else "-",
             ])
         lines.extend(_table(rows))
+        lines.append("(RESETS: other than refusals: abort, after-close, stray, injected?)")
         more = sum(1 for v in s.services.values() if v.failures or v.reset_count) - len(ranked)
         if more > 0:
             lines.append(f"... and {more} more services (--json lists them all)")
