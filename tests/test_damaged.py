@@ -11,7 +11,6 @@ from pathlib import Path
 
 from conftest import DATA
 from packets import Talk, pcap_bytes
-
 from rsthound.cli import Exit
 
 REFUSED = DATA / "refused.pcap"

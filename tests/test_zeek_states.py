@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from flowrun import analyse
 from packets import ACK, FIN, RST, SYN, Talk, pcap_bytes
 
