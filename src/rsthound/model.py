@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class ResetKind(enum.StrEnum):
@@ -31,8 +32,7 @@ class Damage:
         return f"{self.path}: at byte {self.offset}: {self.reason}{tail}"
 
 
-@dataclass(frozen=True, slots=True)
-class Reset:
+class Reset(NamedTuple):
     """One RST segment, with who sent it and what kind it is."""
 
     ts: float
@@ -51,9 +51,11 @@ class Reset:
     why: str  # evidence in words, e.g. "answers a SYN; nothing ever answered"
 
 
-@dataclass(frozen=True, slots=True)
-class Conn:
-    """One TCP connection as Zeek's conn.log would have it, plus rsthound's verdict."""
+class Conn(NamedTuple):
+    """One TCP connection as Zeek's conn.log would have it, plus rsthound's verdict.
+
+    (Named tuples: hundreds of thousands are made per second of capture read.)
+    """
 
     ts: float
     uid: str
@@ -74,7 +76,7 @@ class Conn:
     syn_retrans: int  # SYNs the originator sent again
     resets: int
     iface: str | None
-    end: float = field(default=0.0)
+    end: float = 0.0
 
     @property
     def service(self) -> str:

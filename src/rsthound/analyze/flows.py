@@ -22,7 +22,6 @@ from rsthound.formats.inet import ACK, FIN, RST, SYN, format_addr
 from rsthound.model import Conn, Reset, ResetKind
 
 CTL = SYN | FIN | RST
-_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class Flow:
@@ -45,15 +44,14 @@ class Flow:
         self.nresets = 0
         self.first_kind: ResetKind | None = None
         self.flipped = False
-        digest = hashlib.blake2b(key + repr(ts).encode(), digest_size=12).digest()
-        n = int.from_bytes(digest, "big")
-        self.uid = "C" + "".join(_B62[(n >> (6 * i)) % 62] for i in range(17))
+        # Stable for the same capture (unlike Zeek's random ones), so outputs can be compared.
+        self.uid = "C" + hashlib.blake2b(key + repr(ts).encode(), digest_size=9).hexdigest()[:17]
 
-    def endpoints(self) -> tuple[str, int, str, int]:
+    def endpoints(self, addr: Callable[[bytes], str] = format_addr) -> tuple[str, int, str, int]:
         """(orig_h, orig_p, resp_h, resp_p)."""
         k = self.key
-        a = (format_addr(k[0:16]), int.from_bytes(k[16:18], "big"))
-        b = (format_addr(k[18:34]), int.from_bytes(k[34:36], "big"))
+        a = (addr(k[0:16]), int.from_bytes(k[16:18], "big"))
+        b = (addr(k[18:34]), int.from_bytes(k[34:36], "big"))
         o, r = (a, b) if self.a_is_orig else (b, a)
         return o[0], o[1], r[0], r[1]
 
@@ -83,6 +81,15 @@ class FlowTable:
         self.evicted = 0
         self.now = 0.0
         self._next_sweep = 0.0
+        self._addrs: dict[bytes, str] = {}
+
+    def _addr(self, raw: bytes) -> str:
+        text = self._addrs.get(raw)
+        if text is None:
+            if len(self._addrs) > 65536:  # a scan: do not let the cache grow with it
+                self._addrs.clear()
+            text = self._addrs[raw] = format_addr(raw)
+        return text
 
     # -- one packet at a time ------------------------------------------------------------
     def packet(
@@ -159,9 +166,12 @@ class FlowTable:
         """What a RST from `end` means, judged on the state before it."""
         if end.ttls and ttl not in end.ttls:
             return ResetKind.INJECTED
-        if end.ipid >= 0 and ipid > 0 and end.ipid > 0:
-            jump = (ipid - end.ipid) & 0xFFFF
-            if 64 < jump < 0xFFFF - 64 and peer.pkts + end.pkts > 2:
+        if end.ipid > 0 and ipid > 0:
+            # A sender's IP IDs only move forward (packets missing from the capture, or
+            # other connections sharing a counter, make gaps); one that jumps back does
+            # not come from the same stack.
+            back = (end.ipid - ipid) & 0xFFFF
+            if 64 < back < 0x8000:
                 return ResetKind.INJECTED
         if peer.state in (SYN_SENT, SYN_ACK_SENT) and end.state in (INACTIVE, RESET):
             return ResetKind.REFUSED
@@ -173,7 +183,7 @@ class FlowTable:
 
     def _report_reset(self, flow: Flow, is_orig: bool, a_is_src: bool, ts: float,
                       kind: ResetKind, flags: int, seq: int, ack: int, ttl: int) -> None:
-        oh, op, rh, rp = flow.endpoints()
+        oh, op, rh, rp = flow.endpoints(self._addr)
         src, sport, dst, dport = (oh, op, rh, rp) if is_orig else (rh, rp, oh, op)
         why = {
             ResetKind.REFUSED: "answers a SYN: nothing accepted the connection",
@@ -295,7 +305,7 @@ class FlowTable:
             failure = ResetKind.TIMEOUT
         if state == "REJ":
             failure = ResetKind.REFUSED
-        oh, op, rh, rp = flow.endpoints()
+        oh, op, rh, rp = flow.endpoints(self._addr)
         self.on_conn(Conn(
             ts=flow.start, uid=flow.uid, orig_h=oh, orig_p=op, resp_h=rh, resp_p=rp,
             duration=flow.last - flow.start, orig_bytes=flow.orig.size(),

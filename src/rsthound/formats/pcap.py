@@ -11,7 +11,7 @@ offset, and reading resumes at the next place where two records in a row look so
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,11 +73,14 @@ def parse_pcap_header(head: bytes, path: str = "<bytes>") -> PcapHeader:
 
 
 def read_pcap(
-    data: bytes | memoryview, path: str, damages: list[Damage]
+    data: bytes | memoryview, path: str, damages: list[Damage],
+    release: Callable[[int], None] = lambda _offset: None,
 ) -> Iterator[RecordBatch]:
     """Walk every record of a classic pcap held in `data` (usually an mmap).
 
     Damage found on the way is appended to `damages`; sound records are still yielded.
+    Once a batch has been consumed, `release(offset)` says that nothing before `offset`
+    is needed any more.
     """
     hdr = parse_pcap_header(bytes(data[:24]), path)
     if hdr.linktype not in SUPPORTED:
@@ -114,6 +117,7 @@ def read_pcap(
             if len(batch):
                 last_sec = int(batch.ts[-1])
                 yield batch
+                release(off)
         if n == BATCH or off >= end:
             continue
         # `off` is where the walk stopped short of a sound record.

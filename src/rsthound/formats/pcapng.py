@@ -13,7 +13,7 @@ that looks sound.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -69,9 +69,13 @@ def _options(body: bytes, pos: int, fmt: str) -> Iterator[tuple[int, bytes]]:
 
 
 def read_pcapng(
-    data: bytes | memoryview, path: str, damages: list[Damage]
+    data: bytes | memoryview, path: str, damages: list[Damage],
+    release: Callable[[int], None] = lambda _offset: None,
 ) -> Iterator[RecordBatch]:
-    """Walk every packet block of a pcapng held in `data` (usually an mmap)."""
+    """Walk every packet block of a pcapng held in `data` (usually an mmap).
+
+    `release(offset)`: as for `read_pcap`.
+    """
     if not is_pcapng(bytes(data[:12])):
         raise BadInput("not a pcapng file (no section header block)", path, 0)
     arr = np.frombuffer(data, dtype=np.uint8)
@@ -124,6 +128,7 @@ def read_pcapng(
             b = flush()
             if b is not None:
                 yield b
+                release(off)
             section_base = len(interfaces)
         elif btype == IDB:
             ifc = parse_idb(bytes(data[off + 8 : off + blen - 4]), fmt)
@@ -156,6 +161,7 @@ def read_pcapng(
             b = flush()
             if b is not None:
                 yield b
+                release(off)
     b = flush()
     if b is not None:
         yield b

@@ -7,7 +7,7 @@ import errno
 import mmap
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rsthound.errors import BadInput
 from rsthound.formats.pcap import is_pcap, read_pcap
@@ -46,16 +46,33 @@ def read_capture(path: str, damages: list[Damage]) -> Iterator[RecordBatch]:
             if not data:
                 raise BadInput("empty input, not a capture", path, 0)
         head = data[:12]
+        release = _releaser(data) if isinstance(data, mmap.mmap) else (lambda _off: None)
         if is_pcap(head):
-            reader = read_pcap(data, path, damages)
+            reader = read_pcap(data, path, damages, release)
         elif is_pcapng(head):
-            reader = read_pcapng(data, path, damages)
+            reader = read_pcapng(data, path, damages, release)
         else:
             raise BadInput(
                 "not a capture: neither pcap nor pcapng (expected a file from tcpdump -w, "
                 "dumpcap or Wireshark)", path, 0,
             )
         yield from reader
+
+
+def _releaser(data: mmap.mmap) -> Callable[[int], None]:
+    """Drop pages already read from this process's memory (they stay in the page cache), so
+    that resident memory stays flat however big the file is."""
+    done = 0
+
+    def release(upto: int) -> None:
+        nonlocal done
+        aligned = upto - upto % mmap.PAGESIZE
+        if aligned > done:
+            with contextlib.suppress(OSError, ValueError):
+                data.madvise(mmap.MADV_DONTNEED, done, aligned - done)
+            done = aligned
+
+    return release
 
 
 def _unmap(data: mmap.mmap) -> None:
