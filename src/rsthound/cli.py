@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import enum
+import ipaddress
 import os
 import sys
 import traceback
@@ -76,8 +77,6 @@ def _port_arg(text: str) -> int:
 
 
 def _host_arg(text: str) -> str:
-    import ipaddress
-
     try:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:

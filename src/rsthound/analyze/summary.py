@@ -30,7 +30,6 @@ class Service:
     syn_retrans: int = 0
     first: float = math.inf  # first and last failure
     last: float = -math.inf
-    fail_times: int = 0
 
     @property
     def failures(self) -> int:
@@ -41,7 +40,7 @@ class Service:
         return sum(self.resets.values())
 
     def rate(self) -> tuple[float, float]:
-        return pace(self.fail_times, self.first, self.last)
+        return pace(self.failures, self.first, self.last)
 
 
 def pace(n: int, first: float, last: float) -> tuple[float, float]:
@@ -136,7 +135,6 @@ class Summarizer:
             t = c.end if c.failure is ResetKind.REFUSED else c.ts
             svc.first = min(svc.first, t)
             svc.last = max(svc.last, t)
-            svc.fail_times += 1
             s.fail_seconds[int(t)] += 1
             s.fail_first = min(s.fail_first, t)
             s.fail_last = max(s.fail_last, t)

@@ -168,9 +168,7 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
         ip_len=ip_len,
         ttl=at8(np.where(is4, prc + 8, prc + 7)).astype(np.int64),
         ipid=np.where(is4, at16(prc + 4), -1).astype(np.int64),
-        iface=batch.iface[rows].astype(np.int64) if len(batch.interfaces) > 1 else np.full(
-            len(rows), -1 if len(batch.interfaces) <= 1 else 0, dtype=np.int64
-        ),
+        iface=_iface(batch, rows),
         ifindex=ifindex[rows],
     )
     src, dst, sport, dport = _merge_slow(batch, np.flatnonzero(slow), link, fast, src, dst,
@@ -185,6 +183,13 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     stats.flags["fin"] += int(((f & 0x01) != 0).sum())
     stats.flags["rst"] += int(((f & 0x04) != 0).sum())
     return fast
+
+
+def _iface(batch: RecordBatch, rows: np.ndarray) -> np.ndarray:
+    """Interface index per row; -1 when the file has only one interface (nothing to tell)."""
+    if len(batch.interfaces) > 1:
+        return batch.iface[rows].astype(np.int64)
+    return np.full(len(rows), -1, dtype=np.int64)
 
 
 def _addr16(buf: np.ndarray, p: np.ndarray, is4: np.ndarray, off4: int, off6: int,
@@ -239,8 +244,7 @@ def _merge_slow(
         "ip_len": np.array([s.ip_len for s in segs], dtype=np.int64),
         "ttl": np.array([s.ttl for s in segs], dtype=np.int64),
         "ipid": np.array([s.ipid for s in segs], dtype=np.int64),
-        "iface": batch.iface[ii].astype(np.int64) if len(batch.interfaces) > 1 else np.full(
-            len(ii), -1, dtype=np.int64),
+        "iface": _iface(batch, ii),
         "ifindex": np.array([g[2] for g in got], dtype=np.int64),
     }
     order = np.argsort(np.concatenate([cols.rec, ii]), kind="stable")

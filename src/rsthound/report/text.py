@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rsthound.analyze.summary import Summary, failure_series, findings
 from rsthound.formats.inet import flag_text
 from rsthound.model import Conn, Reset
@@ -85,8 +87,8 @@ def _damage_lines(s: Summary) -> list[str]:
     return out
 
 
-def _top_counts(c: object, n: int) -> str:
-    items = sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))  # type: ignore[attr-defined]
+def _top_counts(c: Counter[str], n: int) -> str:
+    items = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))
     text = ", ".join(f"{v:,} {k}" for k, v in items[:n])
     return text + (", ..." if len(items) > n else "")
 
