@@ -70,6 +70,7 @@ class FlowTable:
         close_delay: float = 5.0,
         max_conns: int = 200_000,
         timeout_after: float = 3.0,
+        counts: bool = True,
     ) -> None:
         self.on_conn = on_conn
         self.on_reset = on_reset
@@ -77,6 +78,9 @@ class FlowTable:
         self.close_delay = close_delay
         self.max_conns = max_conns
         self.timeout_after = timeout_after  # an unanswered SYN this old is a timeout
+        # counts=False: a summary needs states and resets, not packet and byte counts or
+        # the first-ACK/first-data history letters, so `feed` passes on far fewer packets.
+        self.counts = counts
         self.flows: dict[bytes, Flow] = {}
         self.evicted = 0
         self.now = 0.0
@@ -213,13 +217,15 @@ class FlowTable:
         epoch = np.empty(n, dtype=np.int64)
         epoch[order] = before - before[first_of_group]
         group = (flow * (int(epoch.max()) + 1) + epoch) * 2 + cols.a_is_src
-        data = cols.payload > 0
-        _, first = np.unique(group * 2 + data, return_index=True)
+        if self.counts:  # the first pure ACK and first data each way write history letters
+            _, first = np.unique(group * 2 + (cols.payload > 0), return_index=True)
+        else:  # only an endpoint's first packet can move it out of INACTIVE
+            _, first = np.unique(flow * 2 + cols.a_is_src, return_index=True)
         keep = ctl.copy()
         keep[first] = True
         bulk = np.flatnonzero(~keep)
         pending: dict[tuple[int, int], list[tuple]] = {}
-        if len(bulk):
+        if len(bulk) and self.counts:
             g, inv = np.unique(group[bulk], return_inverse=True)
             inv = inv.ravel()
             cnt = np.bincount(inv)

@@ -65,6 +65,8 @@ class Analysis:
         on_reset: Callable[[Reset], None] | None = None,
         max_conns: int = 200_000,
     ) -> None:
+        """`on_conn` given: connections are reported whole (packet and byte counts, full
+        history); without it only the summary is wanted, and the tracker can skip more."""
         self.summary = Summary()
         self.stats = DecodeStats()
         self.selection = selection or Selection()
@@ -78,7 +80,8 @@ class Analysis:
             def reset_cb(r: Reset) -> None:
                 self._sum.reset(r)
                 on_reset(r)
-        self.table = FlowTable(conn_cb, reset_cb, max_conns=max_conns)
+        self.table = FlowTable(conn_cb, reset_cb, max_conns=max_conns,
+                               counts=on_conn is not None)
 
     def feed(self, batch: RecordBatch) -> None:
         s = self.summary
