@@ -241,7 +241,7 @@ class FlowTable:
                 pending.setdefault((f, e), []).append((row, c, b, s))
         rows = np.flatnonzero(keep)
         _, flow_first = np.unique(flow, return_index=True)
-        keys = {int(flow[i]): cols.key[i].tobytes() for i in flow_first.tolist()}
+        keys = dict(zip(flow[flow_first].tolist(), cols.key_bytes(flow_first), strict=True))
         labels: dict[tuple[int, int], str | None] = {}
         a_src = cols.a_is_src
         for r, f, e, c, ts, fl_, sq, ak, pl, il, tt, ii, ifc, ifx in zip(

@@ -28,16 +28,16 @@ class Selection:
         """Rows to keep, or None for all."""
         keep = None
         if self.ports:
-            pa = cols.key[:, 16].astype(np.int64) << 8 | cols.key[:, 17]
-            pb = cols.key[:, 34].astype(np.int64) << 8 | cols.key[:, 35]
             want = np.array(self.ports)
-            keep = np.isin(pa, want) | np.isin(pb, want)
+            keep = np.isin(cols.a_port, want) | np.isin(cols.b_port, want)
         if self.hosts:
             m = np.zeros(len(cols), dtype=bool)
             for h in self.hosts:
-                raw = np.frombuffer(_raw16(h), dtype=np.uint8)
-                m |= (cols.key[:, 0:16] == raw).all(axis=1) | (cols.key[:, 18:34] == raw).all(
-                    axis=1)
+                raw = _raw16(h)
+                hi = np.uint64(int.from_bytes(raw[:8], "big"))
+                lo = np.uint64(int.from_bytes(raw[8:], "big"))
+                m |= (cols.a_hi == hi) & (cols.a_lo == lo)
+                m |= (cols.b_hi == hi) & (cols.b_lo == lo)
             keep = m if keep is None else keep & m
         if self.since is not None:
             m = cols.ts >= self.since
@@ -91,7 +91,7 @@ class Analysis:
         cols = decode_tcp(batch, self.stats)
         keep = self.selection.mask(cols)
         if keep is not None:
-            cols = _take(cols, np.flatnonzero(keep))
+            cols = cols.take(np.flatnonzero(keep))
         names = [i.name for i in batch.interfaces]
         several = len(names) > 1
 
@@ -117,14 +117,3 @@ class Analysis:
         s.flags = self.stats.flags
         s.evicted = self.table.evicted
         return s
-
-
-def _take(cols: TcpColumns, rows: np.ndarray) -> TcpColumns:
-    _, flow = np.unique(cols.flow[rows], return_inverse=True)
-    return TcpColumns(
-        rec=cols.rec[rows], ts=cols.ts[rows], key=cols.key[rows], flow=flow.ravel(),
-        a_is_src=cols.a_is_src[rows], flags=cols.flags[rows], seq=cols.seq[rows],
-        ack=cols.ack[rows], payload=cols.payload[rows], ip_len=cols.ip_len[rows],
-        ttl=cols.ttl[rows], ipid=cols.ipid[rows], iface=cols.iface[rows],
-        ifindex=cols.ifindex[rows],
-    )

@@ -8,6 +8,7 @@ at once. Rarer shapes go through the reference decoder in `inet.py`, one packet 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,9 @@ from rsthound.formats.inet import PROTO_TCP, NotTcp, parse_ip_tcp
 from rsthound.formats.records import RecordBatch, u16_at, u32_at
 
 KEY_LEN = 36  # address A (16) port A (2) address B (16) port B (2); A sorts first
+_KEY_DTYPE = np.dtype([("a_hi", ">u8"), ("a_lo", ">u8"), ("a_port", ">u2"),
+                       ("b_hi", ">u8"), ("b_lo", ">u8"), ("b_port", ">u2")])
+V4_MAPPED = np.uint64(0xFFFF00000000)
 _V6_EXT = np.array([0, 43, 44, 60, 51, 135, 139, 140], dtype=np.uint8)
 
 
@@ -37,7 +41,14 @@ class TcpColumns:
 
     rec: np.ndarray
     ts: np.ndarray
-    key: np.ndarray  # (n, KEY_LEN) uint8, canonical connection key
+    # The canonical connection key, endpoint A (the one that sorts first) then B: each
+    # address as two 64-bit halves of its 16 bytes (IPv4 mapped into ::ffff:0:0/96).
+    a_hi: np.ndarray
+    a_lo: np.ndarray
+    a_port: np.ndarray
+    b_hi: np.ndarray
+    b_lo: np.ndarray
+    b_port: np.ndarray
     flow: np.ndarray  # int64: rows with the same key share a flow number (per batch)
     a_is_src: np.ndarray  # bool: the sender is endpoint A of the key
     flags: np.ndarray
@@ -52,6 +63,21 @@ class TcpColumns:
 
     def __len__(self) -> int:
         return len(self.rec)
+
+    def key_bytes(self, rows: np.ndarray) -> list[bytes]:
+        """The 36-byte keys (address A, port A, address B, port B) of the given rows."""
+        packed = np.empty(len(rows), dtype=_KEY_DTYPE)
+        for name in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port"):
+            packed[name] = getattr(self, name)[rows]
+        raw = packed.tobytes()
+        return [raw[i : i + KEY_LEN] for i in range(0, len(raw), KEY_LEN)]
+
+    def take(self, rows: np.ndarray) -> TcpColumns:
+        """The given rows only (flow numbers renumbered)."""
+        _, flow = np.unique(self.flow[rows], return_inverse=True)
+        cols = TcpColumns(**{f: getattr(self, f)[rows] for f in _FIELDS})
+        cols.flow = flow.ravel()
+        return cols
 
 
 def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
@@ -153,12 +179,14 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     payload = np.maximum(ip_len - (l4r - prc) - doff, 0)
     sport = at16(l4c)
     dport = at16(l4c + 2)
-    src = _addr16(buf, prc, is4, 12, 8, last)
-    dst = _addr16(buf, prc, is4, 16, 24, last)
+    src = _addr64(prc, is4, 12, 8, at32)
+    dst = _addr64(prc, is4, 16, 24, at32)
     fast = TcpColumns(
         rec=rows,
         ts=batch.ts[rows],
-        key=np.empty((0, KEY_LEN), dtype=np.uint8),
+        **{f: np.empty(0, dtype=np.uint64) for f in ("a_hi", "a_lo", "b_hi", "b_lo")},
+        a_port=np.empty(0, dtype=np.int64),
+        b_port=np.empty(0, dtype=np.int64),
         flow=np.empty(0, dtype=np.int64),
         a_is_src=np.empty(0, dtype=bool),
         flags=at8(l4c + 13).astype(np.int64),
@@ -192,15 +220,21 @@ def _iface(batch: RecordBatch, rows: np.ndarray) -> np.ndarray:
     return np.full(len(rows), -1, dtype=np.int64)
 
 
-def _addr16(buf: np.ndarray, p: np.ndarray, is4: np.ndarray, off4: int, off6: int,
-            last: int) -> np.ndarray:
-    out = np.zeros((len(p), 16), dtype=np.uint8)
-    out[is4, 10:12] = 0xFF
+def _addr64(p: np.ndarray, is4: np.ndarray, off4: int, off6: int,
+            at32: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's address as (high, low) 64-bit halves of its 16-byte form."""
+    n = len(p)
+    hi = np.zeros(n, dtype=np.uint64)
+    lo = np.zeros(n, dtype=np.uint64)
     r4 = p[is4]
-    out[is4, 12:] = buf[np.minimum(r4[:, None] + off4 + np.arange(4), last)]
-    r6 = p[~is4]
-    out[~is4] = buf[np.minimum(r6[:, None] + off6 + np.arange(16), last)]
-    return out
+    lo[is4] = V4_MAPPED | at32(r4 + off4).astype(np.uint64)
+    six = ~is4
+    if six.any():
+        r6 = p[six] + off6
+        w = [at32(r6 + k).astype(np.uint64) for k in (0, 4, 8, 12)]
+        hi[six] = (w[0] << np.uint64(32)) | w[1]
+        lo[six] = (w[2] << np.uint64(32)) | w[3]
+    return hi, lo
 
 
 def _merge_slow(
@@ -208,12 +242,12 @@ def _merge_slow(
     rows: np.ndarray,
     link: np.ndarray,
     cols: TcpColumns,
-    src: np.ndarray,
-    dst: np.ndarray,
+    src: tuple[np.ndarray, np.ndarray],
+    dst: tuple[np.ndarray, np.ndarray],
     sport: np.ndarray,
     dport: np.ndarray,
     stats: DecodeStats,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[tuple, tuple, np.ndarray, np.ndarray]:
     """Decode the rare rows one by one with the reference decoder and merge them in order."""
     if not len(rows):
         return src, dst, sport, dport
@@ -250,51 +284,57 @@ def _merge_slow(
     order = np.argsort(np.concatenate([cols.rec, ii]), kind="stable")
     for name, arr in extra.items():
         setattr(cols, name, np.concatenate([getattr(cols, name), arr])[order])
-    raw = lambda attr: np.frombuffer(b"".join(getattr(s, attr) for s in segs), np.uint8)  # noqa: E731
-    src = np.concatenate([src, raw("src_raw").reshape(-1, 16)])[order]
-    dst = np.concatenate([dst, raw("dst_raw").reshape(-1, 16)])[order]
+    def halves(attr: str) -> tuple[np.ndarray, np.ndarray]:
+        raw = [getattr(s, attr) for s in segs]
+        return (np.array([int.from_bytes(r[:8], "big") for r in raw], dtype=np.uint64),
+                np.array([int.from_bytes(r[8:], "big") for r in raw], dtype=np.uint64))
+
+    src = tuple(np.concatenate([a, b])[order] for a, b in zip(src, halves("src_raw"),
+                                                               strict=True))
+    dst = tuple(np.concatenate([a, b])[order] for a, b in zip(dst, halves("dst_raw"),
+                                                               strict=True))
     sport = np.concatenate([sport, np.array([s.sport for s in segs], dtype=sport.dtype)])[order]
     dport = np.concatenate([dport, np.array([s.dport for s in segs], dtype=dport.dtype)])[order]
     return src, dst, sport, dport
-
-
-def _be64(mat: np.ndarray, lo: int) -> np.ndarray:
-    return np.ascontiguousarray(mat[:, lo : lo + 8]).view(">u8").ravel().astype(np.uint64)
 
 
 _K = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
                              0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)]
 
 
-def _keys(cols: TcpColumns, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
-          dport: np.ndarray) -> None:
+def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
+          dst: tuple[np.ndarray, np.ndarray], sport: np.ndarray, dport: np.ndarray) -> None:
     """Canonical connection keys and per-batch flow numbers for every row."""
-    s_hi, s_lo, d_hi, d_lo = _be64(src, 0), _be64(src, 8), _be64(dst, 0), _be64(dst, 8)
-    sp = sport.astype(np.uint64)
-    dp = dport.astype(np.uint64)
+    s_hi, s_lo = src
+    d_hi, d_lo = dst
+    sp = sport.astype(np.int64)
+    dp = dport.astype(np.int64)
     a_is_src = (s_hi < d_hi) | (
         (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp)))
     )
-    n = len(sp)
-    key = np.empty((n, KEY_LEN), dtype=np.uint8)
-    sel = a_is_src[:, None]
-    key[:, 0:16] = np.where(sel, src, dst)
-    key[:, 18:34] = np.where(sel, dst, src)
-    pa = np.where(a_is_src, sp, dp)
-    pb = np.where(a_is_src, dp, sp)
-    key[:, 16] = pa >> 8
-    key[:, 17] = pa & 0xFF
-    key[:, 34] = pb >> 8
-    key[:, 35] = pb & 0xFF
+    cols.a_hi = np.where(a_is_src, s_hi, d_hi)
+    cols.a_lo = np.where(a_is_src, s_lo, d_lo)
+    cols.a_port = np.where(a_is_src, sp, dp)
+    cols.b_hi = np.where(a_is_src, d_hi, s_hi)
+    cols.b_lo = np.where(a_is_src, d_lo, s_lo)
+    cols.b_port = np.where(a_is_src, dp, sp)
+    cols.a_is_src = a_is_src
+    ports = (cols.a_port.astype(np.uint64) << np.uint64(16)) | cols.b_port.astype(np.uint64)
     with np.errstate(over="ignore"):
-        h = (np.where(a_is_src, s_hi, d_hi) * _K[0]) ^ (np.where(a_is_src, s_lo, d_lo) * _K[1])
-        h ^= (np.where(a_is_src, d_hi, s_hi) * _K[2]) ^ (np.where(a_is_src, d_lo, s_lo) * _K[3])
-        h ^= ((pa << np.uint64(16)) | pb) * _K[4]
+        h = (cols.a_hi * _K[0]) ^ (cols.a_lo * _K[1]) ^ (cols.b_hi * _K[2])
+        h ^= (cols.b_lo * _K[3]) ^ (ports * _K[4])
         h ^= h >> np.uint64(31)
     _, first, flow = np.unique(h, return_index=True, return_inverse=True)
-    if n and not (key == key[first[flow]]).all():
+    flow = flow.ravel()
+    rep = first[flow]
+    if len(h) and not all((getattr(cols, f) == getattr(cols, f)[rep]).all()
+                          for f in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port")):
         # A 64-bit hash collision inside one batch: fall back to exact keys.
-        _, flow = np.unique(key.view(f"V{KEY_LEN}").ravel(), return_inverse=True)
-    cols.key = key
+        packed = np.empty(len(h), dtype=_KEY_DTYPE)
+        for f in _KEY_DTYPE.names:
+            packed[f] = getattr(cols, f)
+        _, flow = np.unique(packed.view(f"V{KEY_LEN}"), return_inverse=True)
     cols.flow = flow.ravel().astype(np.int64)
-    cols.a_is_src = a_is_src
+
+
+_FIELDS = [f for f in TcpColumns.__dataclass_fields__]
