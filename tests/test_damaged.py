@@ -200,3 +200,15 @@ def test_synthetic_capture_with_random_tail(cli, tmp_path: Path):
     r = cli("analyze", "--json", f)
     assert r.code == Exit.DAMAGED
     assert refused_count(r) == 1
+
+
+def test_standard_input(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "rsthound", "analyze", "--json", "-"]
+    r = subprocess.run(cmd, input=REFUSED.read_bytes(), capture_output=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert b'"refused": 16' in r.stdout
+    r = subprocess.run(cmd, input=b"", capture_output=True, check=False)
+    assert (r.returncode, r.stderr) == (2, b"rsthound: -: at byte 0: empty input, not a capture\n")

@@ -35,6 +35,7 @@ examples:
   rsthound analyze --resets capture.pcap        one line per reset, with its kind
   rsthound analyze --conns --json a.pcapng      one JSON line per connection (Zeek names)
   rsthound analyze --port 7211 --since 2026-11-22T10:54:00 dump.pcap
+  tcpdump -i any -c 2000 -w - 'tcp[tcpflags] & tcp-rst != 0' | rsthound analyze -
   tcpdump -i any -w /tmp/rst.pcap 'tcp[tcpflags] & (tcp-syn|tcp-rst|tcp-fin) != 0'
   rsthound analyze /tmp/rst.pcap                (control packets alone are enough)
 
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ANALYZE_EPILOG,
     )
-    a.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture file(s)")
+    a.add_argument("files", nargs="+", metavar="FILE",
+                   help="pcap or pcapng capture file(s); - reads standard input")
     view = a.add_mutually_exclusive_group()
     view.add_argument("--resets", action="store_true", help="one line per reset, with its kind")
     view.add_argument("--conns", action="store_true", help="one line per connection (conn.log)")

@@ -17,13 +17,14 @@ from rsthound.model import Damage
 
 
 def read_capture(path: str, damages: list[Damage]) -> Iterator[RecordBatch]:
-    """Yield the record batches of the capture at `path` (read through a memory map).
+    """Yield the record batches of the capture at `path` ("-": standard input), read
+    through a memory map when it is a regular file, else read whole.
 
     BadInput when the file cannot be opened or is no capture at all; damage inside a
     capture is appended to `damages` and reading goes on.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.dup(0) if path == "-" else os.open(path, os.O_RDONLY)
     except OSError as e:
         raise BadInput(_open_error(e), path) from None
     with contextlib.ExitStack() as stack:
