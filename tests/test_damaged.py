@@ -212,3 +212,22 @@ def test_standard_input(tmp_path):
     assert b'"refused": 16' in r.stdout
     r = subprocess.run(cmd, input=b"", capture_output=True, check=False)
     assert (r.returncode, r.stderr) == (2, b"rsthound: -: at byte 0: empty input, not a capture\n")
+
+
+def test_pcapng_packet_block_with_impossible_lengths(cli, tmp_path):
+    raw = bytearray((DATA / "multi_if.pcapng").read_bytes())
+    off = 0
+    while off < len(raw):
+        btype, blen = struct.unpack_from("<II", raw, off)
+        if btype == 6:
+            break
+        off += blen
+    struct.pack_into("<I", raw, off + 20, 5000)  # captured length beyond the block
+    f = tmp_path / "bad.pcapng"
+    f.write_bytes(raw)
+    r = cli("analyze", "--json", f)
+    assert r.code == Exit.DAMAGED
+    assert r.json()["damage"][0] == {
+        "file": str(f), "offset": off, "skipped": 0,
+        "reason": "packet block shorter than the packet length it states; the packet is skipped",
+    }

@@ -92,7 +92,9 @@ def read_pcapng(
         nonlocal frame, epb, other
         if not epb and not other:
             return None
-        batch = _columns(arr, epb, other, fmt, interfaces, section_base, frame)
+        batch, bad = _columns(arr, epb, other, fmt, interfaces, section_base, frame)
+        for off_bad, why in bad:
+            damages.append(Damage(path, off_bad, 0, why + "; the packet is skipped"))
         frame += len(batch)
         epb, other = [], []
         return batch
@@ -203,11 +205,13 @@ def _columns(
     interfaces: list[Interface],
     section_base: int,
     frame: int,
-) -> RecordBatch:
+) -> tuple[RecordBatch, list[tuple[int, str]]]:
     little = fmt == "<"
     rec = np.array(epb, dtype=np.int64)
     if_id = u32_at(arr, rec + 8, little).astype(np.int64) + section_base
     known = if_id < len(interfaces)
+    bad = [(o, "packet block names an interface that was never described")
+           for o in rec[~known].tolist()]
     rec, if_id = rec[known], if_id[known]
     hi = u32_at(arr, rec + 12, little).astype(np.uint64)
     lo = u32_at(arr, rec + 16, little).astype(np.uint64)
@@ -218,6 +222,8 @@ def _columns(
     ts = ((hi << np.uint64(32)) | lo).astype(np.float64) * scale + shift
     blen = u32_at(arr, rec + 4, little).astype(np.int64)
     fits = cap <= blen - 32
+    bad += [(o, "packet block shorter than the packet length it states")
+            for o in rec[~fits].tolist()]
     cols = [rec[fits], rec[fits] + 28, cap[fits], wire[fits], ts[fits], if_id[fits]]
     if other:
         extra = list(zip(*other, strict=True))
@@ -244,4 +250,4 @@ def _columns(
         interfaces=interfaces,
         rec_off=cols[0],
         first_frame=frame,
-    )
+    ), bad
