@@ -43,6 +43,15 @@ class Service:
         return pace(self.failures, self.first, self.last)
 
 
+def rate_text(rate: float) -> str:
+    """2.0 -> '2.0/s'; 0.035 -> '2.1/min'; 0.0005 -> '1.8/h'."""
+    if rate >= 0.1:
+        return f"{rate:.1f}/s"
+    if rate * 60 >= 0.1:
+        return f"{rate * 60:.1f}/min"
+    return f"{rate * 3600:.1f}/h"
+
+
 def pace(n: int, first: float, last: float) -> tuple[float, float]:
     """(events per second, the span they cover) for n events from `first` to `last`.
 
@@ -173,7 +182,7 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
         refused = svc.failed["refused"]
         if refused:
             rate, span = svc.rate()
-            pace = f" ({rate:.1f}/s over {span:.0f} s)" if span else ""
+            pace = f" ({rate_text(rate)} over {span:.0f} s)" if span else ""
             tail = (
                 "nothing on that port ever answered" if not svc.answered
                 else f"it accepted {svc.answered} other connection"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rsthound.analyze.summary import Summary, failure_series, findings
+from rsthound.analyze.summary import Summary, failure_series, findings, rate_text
 from rsthound.formats.inet import flag_text
 from rsthound.model import Conn, Reset
 from rsthound.report.timefmt import clock, seconds, stamp
@@ -31,7 +31,8 @@ def render_summary(s: Summary, top: int = 10) -> str:
     lines.append(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 6))
     failed = s.failed_total()
     rate, _span = s.failure_rate()
-    pace = f", {rate:.1f}/s from {clock(s.fail_first)} to {clock(s.fail_last)}" if rate else ""
+    pace = (f", {rate_text(rate)} from {clock(s.fail_first)} to {clock(s.fail_last)}"
+            if rate else "")
     lines.append(
         f"failed    {failed:,} connections ({s.failures['refused']:,} refused, "
         f"{s.failures['timeout']:,} timed out){pace}"
@@ -55,15 +56,15 @@ def render_summary(s: Summary, top: int = 10) -> str:
                 svc.name, str(svc.failures), str(svc.failed["refused"]),
                 str(svc.failed["timeout"]), str(svc.reset_count - svc.resets[("refused", "resp")]),
                 f"{len(svc.clients)}{'+' if svc.clients_capped else ''}",
-                f"{rate_s:.1f}/s" if rate_s else "-",
+                rate_text(rate_s) if rate_s else "-",
                 clock(svc.first) if svc.failures else "-",
                 clock(svc.last) if svc.failures else "-",
             ])
         lines.extend(_table(rows))
-        lines.append("(RESETS: other than refusals: abort, after-close, stray, injected?)")
         more = sum(1 for v in s.services.values() if v.failures or v.reset_count) - len(ranked)
         if more > 0:
             lines.append(f"... and {more} more services (--json lists them all)")
+        lines.append("(RESETS: other than refusals: abort, after-close, stray, injected?)")
         lines.append("")
         lines.append("Findings")
         for f in findings(s):
@@ -99,10 +100,22 @@ def _table(rows: list[list[str]]) -> list[str]:
     widths[0] = max(12, min(widths[0], room))
     out = []
     for r in rows:
-        cells = [r[0][: widths[0]].ljust(widths[0])]
+        cells = [_elide(r[0], widths[0]).ljust(widths[0])]
         cells += [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
         out.append(" ".join(cells).rstrip())
     return out
+
+
+def _elide(service: str, width: int) -> str:
+    """Shorten the address, never the port: '[fd00::a00:15]:7211' -> '[fd00…0:15]:7211'."""
+    if len(service) <= width:
+        return service
+    host, _, port = service.rpartition(":")
+    keep = width - len(port) - 2  # ':' and '…'
+    if keep < 2:
+        return service[:width]
+    head = (keep + 1) // 2
+    return f"{host[:head]}…{host[len(host) - (keep - head):]}:{port}"
 
 
 def _wrap(text: str, indent: str) -> list[str]:
