@@ -48,3 +48,31 @@ def test_summary_mode_matches_full_tracking_generated(generated):
 def test_batch_path_matches_packet_path_generated(generated):
     conns, resets, _ = analyse(generated)  # asserts both paths agree
     assert len(conns) > 5000 and len(resets) > 500
+
+
+def _run(path: Path, parallel: bool) -> tuple[dict, list]:
+    from rsthound.pipeline import analyze_file
+
+    a = Analysis()
+    analyze_file(str(path), a, parallel=parallel)
+    return summary_obj(a.finish([str(path)])), a.summary.damages
+
+
+def test_reading_in_a_helper_process_changes_nothing(generated, tmp_path):
+    # a damaged copy too: damage found by the helper must come back
+    raw = generated.read_bytes()
+    damaged = tmp_path / "damaged.pcap"
+    damaged.write_bytes(raw[: len(raw) // 2] + b"\xff" * 4000 + raw[len(raw) // 2 :])
+    for path in (generated, damaged):
+        inline = _run(path, parallel=False)
+        assert _run(path, parallel=True) == inline
+    assert inline[1], "the damaged copy should report damage"
+
+
+def test_helper_process_reports_unusable_file(tmp_path):
+    from rsthound.errors import BadInput
+
+    f = tmp_path / "junk.pcap"
+    f.write_bytes(b"definitely not a capture" * 10)
+    with pytest.raises(BadInput, match="at byte 0: not a capture"):
+        _run(f, parallel=True)

@@ -168,8 +168,8 @@ def _silence_stdout() -> None:
 
 def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rsthound.analyze.session import Analysis, Selection
+    from rsthound.pipeline import analyze_file
     from rsthound.report import jsonout, text
-    from rsthound.sources.capfile import read_capture
 
     sel = Selection(tuple(args.port), tuple(args.host), args.since, args.until)
     on_conn = on_reset = None
@@ -188,9 +188,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     progress = _Progress(args.files, err, enabled=not args.no_progress)
     for path in args.files:
         try:
-            for batch in read_capture(path, damages):
-                analysis.feed(batch)
-                progress.update(path, int(batch.rec_off[-1]) if len(batch) else 0)
+            analyze_file(path, analysis, lambda off, p=path: progress.update(p, off))
             used.append(path)
         except BadInput as e:
             if args.debug:

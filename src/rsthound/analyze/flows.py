@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,6 +58,66 @@ class Flow:
 
     def done(self) -> bool:
         return self.orig.state in (CLOSED, RESET) or self.resp.state in (CLOSED, RESET)
+
+
+_ROWS = ("flow", "epoch", "ctl", "a_is_src", "ts", "flags", "seq", "ack", "payload", "ip_len",
+         "ttl", "ipid", "iface", "ifindex")
+_BULK = ("flow", "epoch", "a_is_src", "count", "ip_bytes", "seq_end", "ts")
+
+
+@dataclass
+class Plan:
+    """What `FlowTable.apply` needs from one batch, worked out with numpy alone (so it can
+    be made in another process): the packets that can change a connection's state, in
+    order, and, when counts are wanted, the rest folded into groups per connection side."""
+
+    rows: dict[str, np.ndarray]  # columns named in _ROWS
+    keys: list[bytes]  # connection key of each flow number
+    bulk: dict[str, np.ndarray] | None  # columns named in _BULK
+
+
+def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
+    """Split a batch into the packets the state machine must see and foldable bulk."""
+    n = len(cols)
+    flow = cols.flow
+    ctl = (cols.flags & CTL) != 0
+    # epoch: how many control packets of the same flow came before, within this batch
+    order = np.argsort(flow, kind="stable")
+    fs = flow[order]
+    cs = np.cumsum(ctl[order])
+    before = cs - ctl[order]
+    starts = np.r_[True, fs[1:] != fs[:-1]] if n else np.zeros(0, dtype=bool)
+    first_of_group = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else order
+    epoch = np.empty(n, dtype=np.int64)
+    epoch[order] = before - before[first_of_group]
+    group = (flow * (int(epoch.max(initial=0)) + 1) + epoch) * 2 + cols.a_is_src
+    if counts:  # the first pure ACK and first data each way write history letters
+        _, first = np.unique(group * 2 + (cols.payload > 0), return_index=True)
+    else:  # only an endpoint's first packet can move it out of INACTIVE
+        _, first = np.unique(flow * 2 + cols.a_is_src, return_index=True)
+    keep = ctl.copy()
+    keep[first] = True
+    bulk = None
+    rest = np.flatnonzero(~keep)
+    if counts and len(rest):
+        g, inv = np.unique(group[rest], return_inverse=True)
+        inv = inv.ravel()
+        lastrow = np.zeros(len(g), dtype=np.int64)
+        np.maximum.at(lastrow, inv, rest)
+        bulk = {
+            "flow": flow[lastrow], "epoch": epoch[lastrow], "a_is_src": cols.a_is_src[lastrow],
+            "count": np.bincount(inv),
+            "ip_bytes": np.bincount(inv, weights=cols.ip_len[rest]).astype(np.int64),
+            "seq_end": (cols.seq[lastrow] + cols.payload[lastrow]) & 0xFFFFFFFF,
+            "ts": cols.ts[lastrow],
+        }
+    rows = np.flatnonzero(keep)
+    _, flow_first = np.unique(flow, return_index=True)
+    cols_kept = {
+        "flow": flow[rows], "epoch": epoch[rows], "ctl": ctl[rows],
+        **{k: getattr(cols, k)[rows] for k in _ROWS[3:]},
+    }
+    return Plan(cols_kept, cols.key_bytes(flow_first), bulk)
 
 
 class FlowTable:
@@ -202,78 +263,43 @@ class FlowTable:
     # -- a batch of columns ----------------------------------------------------------------
     def feed(self, cols: TcpColumns, iface_label: Callable[[int, int], str | None]) -> None:
         """Account a decoded batch; only state-changing packets reach `packet`."""
-        n = len(cols)
-        if not n:
-            return
-        flow = cols.flow
-        ctl = (cols.flags & CTL) != 0
-        # epoch: how many control packets of the same flow came before, within this batch
-        order = np.argsort(flow, kind="stable")
-        fs = flow[order]
-        cs = np.cumsum(ctl[order])
-        before = cs - ctl[order]
-        starts = np.r_[True, fs[1:] != fs[:-1]]
-        first_of_group = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-        epoch = np.empty(n, dtype=np.int64)
-        epoch[order] = before - before[first_of_group]
-        group = (flow * (int(epoch.max()) + 1) + epoch) * 2 + cols.a_is_src
-        if self.counts:  # the first pure ACK and first data each way write history letters
-            _, first = np.unique(group * 2 + (cols.payload > 0), return_index=True)
-        else:  # only an endpoint's first packet can move it out of INACTIVE
-            _, first = np.unique(flow * 2 + cols.a_is_src, return_index=True)
-        keep = ctl.copy()
-        keep[first] = True
-        bulk = np.flatnonzero(~keep)
+        self.apply(plan_batch(cols, self.counts), iface_label)
+
+    def apply(self, plan: Plan, iface_label: Callable[[int, int], str | None]) -> None:
+        """Account a batch planned by `plan_batch` (which may have run in another process)."""
+        keys = plan.keys
         pending: dict[tuple[int, int], list[tuple]] = {}
-        if len(bulk) and self.counts:
-            g, inv = np.unique(group[bulk], return_inverse=True)
-            inv = inv.ravel()
-            cnt = np.bincount(inv)
-            ipb = np.bincount(inv, weights=cols.ip_len[bulk]).astype(np.int64)
-            lastrow = np.zeros(len(g), dtype=np.int64)
-            np.maximum.at(lastrow, inv, bulk)
-            seq_end = (cols.seq[lastrow] + cols.payload[lastrow]) & 0xFFFFFFFF
-            fl = flow[lastrow]
-            ep = epoch[lastrow]
-            for f, e, row, c, b, s in zip(fl.tolist(), ep.tolist(), lastrow.tolist(),
-                                          cnt.tolist(), ipb.tolist(), seq_end.tolist(),
-                                          strict=True):
-                pending.setdefault((f, e), []).append((row, c, b, s))
-        rows = np.flatnonzero(keep)
-        _, flow_first = np.unique(flow, return_index=True)
-        keys = dict(zip(flow[flow_first].tolist(), cols.key_bytes(flow_first), strict=True))
+        if plan.bulk is not None:
+            b = plan.bulk
+            for f, e, *group in zip(*(b[k].tolist() for k in _BULK), strict=True):
+                pending.setdefault((f, e), []).append(group)
         labels: dict[tuple[int, int], str | None] = {}
-        a_src = cols.a_is_src
-        for r, f, e, c, ts, fl_, sq, ak, pl, il, tt, ii, ifc, ifx in zip(
-            rows.tolist(), flow[rows].tolist(), epoch[rows].tolist(), ctl[rows].tolist(),
-            cols.ts[rows].tolist(), cols.flags[rows].tolist(), cols.seq[rows].tolist(),
-            cols.ack[rows].tolist(), cols.payload[rows].tolist(), cols.ip_len[rows].tolist(),
-            cols.ttl[rows].tolist(), cols.ipid[rows].tolist(), cols.iface[rows].tolist(),
-            cols.ifindex[rows].tolist(), strict=True,
+        packet = self.packet
+        c = plan.rows
+        for f, e, ctl, src, ts, fl, sq, ak, pl, il, tt, ii, ifc, ifx in zip(
+            *(c[k].tolist() for k in _ROWS), strict=True
         ):
-            if c and pending:
-                self._apply_bulk(keys[f], pending.pop((f, e), ()), cols)
+            if ctl and pending:
+                self._apply_bulk(keys[f], pending.pop((f, e), ()))
             lk = (ifc, ifx)
             if lk not in labels:
                 labels[lk] = iface_label(ifc, ifx)
-            self.packet(keys[f], bool(a_src[r]), ts, fl_, sq, ak, pl, il, tt, ii, labels[lk])
+            packet(keys[f], src, ts, fl, sq, ak, pl, il, tt, ii, labels[lk])
         for (f, _e), groups in sorted(pending.items(), key=lambda kv: kv[0][1]):
-            self._apply_bulk(keys[f], groups, cols)
+            self._apply_bulk(keys[f], groups)
         if self.now >= self._next_sweep:
             self.sweep(self.now)
 
-    def _apply_bulk(self, key: bytes, groups: list[tuple] | tuple, cols: TcpColumns) -> None:
+    def _apply_bulk(self, key: bytes, groups: list[tuple] | tuple) -> None:
         flow = self.flows.get(key)
         if flow is None:
             return
-        for row, count, ip_bytes, seq_end in groups:
-            is_orig = bool(cols.a_is_src[row]) == flow.a_is_orig
-            end = flow.orig if is_orig else flow.resp
+        for a_is_src, count, ip_bytes, seq_end, ts in groups:
+            end = flow.orig if a_is_src == flow.a_is_orig else flow.resp
             end.pkts += count
             end.ip_bytes += ip_bytes
             if end.start_seq >= 0 and zeek.seq_delta(seq_end, end.last_seq) > 0:
                 end.last_seq = seq_end
-            ts = float(cols.ts[row])
             if ts > flow.last:
                 flow.last = ts
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from rsthound.analyze.flows import FlowTable
+from rsthound.analyze.flows import FlowTable, Plan, plan_batch
 from rsthound.analyze.summary import Summarizer, Summary
 from rsthound.formats.columns import DecodeStats, TcpColumns, decode_tcp
 from rsthound.formats.records import RecordBatch
@@ -55,6 +56,34 @@ def _raw16(host: str) -> bytes:
     return addr.packed
 
 
+@dataclass
+class Prepared:
+    """A batch made ready for the flow table (decoded, selected, planned): plain data."""
+
+    plan: Plan
+    names: list[str | None]  # interface names of the file so far
+    first_ts: float
+    last_ts: float
+    end_offset: int  # file offset of the batch's last record (for progress)
+
+
+def prepare(batch: RecordBatch, selection: Selection, stats: DecodeStats,
+            counts: bool) -> Prepared:
+    """Everything about a batch that needs no connection state (numpy only)."""
+    cols = decode_tcp(batch, stats)
+    keep = selection.mask(cols)
+    if keep is not None:
+        cols = cols.take(np.flatnonzero(keep))
+    n = len(batch)
+    return Prepared(
+        plan=plan_batch(cols, counts),
+        names=[i.name for i in batch.interfaces],
+        first_ts=float(batch.ts.min()) if n else math.inf,
+        last_ts=float(batch.ts.max()) if n else -math.inf,
+        end_offset=int(batch.rec_off[-1]) if n else 0,
+    )
+
+
 class Analysis:
     """Feeds batches through decoding, selection and the flow table into a Summary."""
 
@@ -84,15 +113,13 @@ class Analysis:
                                counts=on_conn is not None)
 
     def feed(self, batch: RecordBatch) -> None:
+        self.feed_prepared(prepare(batch, self.selection, self.stats, self.table.counts))
+
+    def feed_prepared(self, p: Prepared) -> None:
         s = self.summary
-        if len(batch):
-            s.first_ts = min(s.first_ts, float(batch.ts.min()))
-            s.last_ts = max(s.last_ts, float(batch.ts.max()))
-        cols = decode_tcp(batch, self.stats)
-        keep = self.selection.mask(cols)
-        if keep is not None:
-            cols = cols.take(np.flatnonzero(keep))
-        names = [i.name for i in batch.interfaces]
+        s.first_ts = min(s.first_ts, p.first_ts)
+        s.last_ts = max(s.last_ts, p.last_ts)
+        names = p.names
         several = len(names) > 1
 
         def label(iface: int, ifindex: int) -> str | None:
@@ -104,7 +131,7 @@ class Analysis:
                     f"ifindex {ifindex}")
             return name
 
-        self.table.feed(cols, label)
+        self.table.apply(p.plan, label)
 
     def finish(self, files: list[str]) -> Summary:
         self.table.close()

@@ -34,6 +34,13 @@ class DecodeStats:
     links: Counter[str] = field(default_factory=Counter)
     flags: Counter[str] = field(default_factory=Counter)  # syn, syn-ack, fin, rst packets
 
+    def merge(self, other: DecodeStats) -> None:
+        self.packets += other.packets
+        self.tcp += other.tcp
+        self.skipped.update(other.skipped)
+        self.links.update(other.links)
+        self.flags.update(other.flags)
+
 
 @dataclass(slots=True)
 class TcpColumns:
