@@ -33,12 +33,12 @@ ANALYZE_EPILOG = """\
 examples:
   rsthound analyze capture.pcap             summary: failing services, findings
   rsthound analyze --resets capture.pcap    one line per reset, with its kind
-  rsthound analyze --conns --json a.pcapng  JSON lines, one per connection (Zeek)
+  rsthound analyze --conns --json a.pcapng  a JSON line per connection (Zeek)
   rsthound analyze --port 7211 --since 2026-11-22T10:54:00 dump.pcap
 
   control packets alone are enough, and keep captures small:
   tcpdump -i any -w rst.pcap 'tcp[tcpflags] & (tcp-syn|tcp-rst|tcp-fin) != 0'
-  tcpdump -i any -c 2000 -w - 'tcp[tcpflags] & tcp-rst != 0' | rsthound analyze -
+  tcpdump -i any -c 500 -w - 'tcp[tcpflags] & tcp-rst != 0' | rsthound analyze -
 
 exit status: 0 analysed; 2 error (no usable input); 3 analysed, but part of a
 file was damaged and skipped (said on stderr and in the output).
