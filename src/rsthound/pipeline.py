@@ -33,18 +33,22 @@ def analyze_file(path: str, analysis: Analysis,
     """
     if parallel is None:
         parallel = _worth_a_helper(path)
+    if parallel:
+        ctx = mp.get_context("spawn")  # no fork: the parent may run threads (progress bar)
+        try:
+            q = ctx.Queue(maxsize=QUEUE_DEPTH)
+            helper = ctx.Process(
+                target=_helper, args=(path, analysis.selection, analysis.table.counts, q),
+                name="rsthound-reader", daemon=True,
+            )
+            helper.start()
+        except OSError:  # no semaphores or no processes here (some sandboxes): read inline
+            parallel = False
     if not parallel:
         for batch in read_capture(path, analysis.summary.damages):
             analysis.feed(batch)
             progress(int(batch.rec_off[-1]) if len(batch) else 0)
         return
-    ctx = mp.get_context("spawn")  # no fork: the parent may run threads (progress bar)
-    q = ctx.Queue(maxsize=QUEUE_DEPTH)
-    helper = ctx.Process(
-        target=_helper, args=(path, analysis.selection, analysis.table.counts, q),
-        name="rsthound-reader", daemon=True,
-    )
-    helper.start()
     try:
         while True:
             try:
