@@ -1,9 +1,10 @@
 """The connection tracker: packets in, finished connections and classified resets out.
 
-`FlowTable.packet` takes one TCP packet at a time (live capture, the slow path);
-`FlowTable.feed` takes a decoded batch of columns and hands only the packets that can change
-a connection's state to the per-packet code, folding the rest (plain data and ACKs) into
-per-connection counts with numpy. Memory is bounded: connections idle longer than
+`FlowTable.packet` takes one TCP packet at a time (live capture, the slow path).
+For a decoded batch, `plan_batch` (numpy only, so it can run in another process) picks the
+packets that can change a connection's state and folds the rest (plain data and ACKs) into
+per-connection counts; `FlowTable.apply` then runs the per-packet code on the picked ones
+(`feed` does both). Memory is bounded: connections idle longer than
 `idle_timeout` are finished, closed ones after `close_delay`, and past `max_conns` the
 least recently seen are evicted (and counted).
 """
