@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -34,7 +35,8 @@ def analyze_file(path: str, analysis: Analysis,
     if parallel is None:
         parallel = _worth_a_helper(path)
     if parallel:
-        ctx = mp.get_context("spawn")  # no fork: the parent may run threads (progress bar)
+        # fork starts at once, but is unsafe once threads run (the progress bar's): spawn then
+        ctx = mp.get_context("fork" if threading.active_count() == 1 else "spawn")
         try:
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(

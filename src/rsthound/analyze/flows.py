@@ -31,7 +31,7 @@ class Flow:
 
     __slots__ = (
         "a_is_orig", "first_kind", "flipped", "hist", "iface", "key", "last", "nresets",
-        "orig", "resp", "start", "uid",
+        "orig", "resp", "start",
     )
 
     def __init__(self, key: bytes, a_is_orig: bool, ts: float, iface: str | None) -> None:
@@ -46,8 +46,12 @@ class Flow:
         self.nresets = 0
         self.first_kind: ResetKind | None = None
         self.flipped = False
-        # Stable for the same capture (unlike Zeek's random ones), so outputs can be compared.
-        self.uid = "C" + hashlib.blake2b(key + repr(ts).encode(), digest_size=9).hexdigest()[:17]
+
+    @property
+    def uid(self) -> str:
+        """Stable for the same capture (unlike Zeek's random ones), so outputs compare."""
+        digest = hashlib.blake2b(self.key + repr(self.start).encode(), digest_size=9)
+        return "C" + digest.hexdigest()[:17]
 
     def endpoints(self, addr: Callable[[bytes], str] = format_addr) -> tuple[str, int, str, int]:
         """(orig_h, orig_p, resp_h, resp_p)."""
@@ -340,7 +344,9 @@ class FlowTable:
             failure = ResetKind.REFUSED
         oh, op, rh, rp = flow.endpoints(self._addr)
         self.on_conn(Conn(
-            ts=flow.start, uid=flow.uid, orig_h=oh, orig_p=op, resp_h=rh, resp_p=rp,
+            # summary-only: connection records are never shown, so no uid is made for them
+            ts=flow.start, uid=flow.uid if self.counts else "",
+            orig_h=oh, orig_p=op, resp_h=rh, resp_p=rp,
             duration=flow.last - flow.start, orig_bytes=flow.orig.size(),
             resp_bytes=flow.resp.size(), conn_state=state, history=history,
             orig_pkts=flow.orig.pkts, resp_pkts=flow.resp.pkts,
