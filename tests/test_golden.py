@@ -151,16 +151,25 @@ def test_cross_check_with_tshark(cli, name):
     assert got["connections"] == sum("<->" in line for line in convs.splitlines())
 
 
+def _tcpdump_count(path, expr: str) -> int:
+    out = subprocess.run(["tcpdump", "-n", "-r", str(path), expr],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
 @pytest.mark.parametrize("name", [n for n in FILES if n.endswith(".pcap")])
-def test_cross_check_resets_with_tcpdump(cli, expected, name):
+def test_cross_check_syn_and_rst_with_tcpdump(cli, expected, name):
     if shutil.which("tcpdump") is None:
         pytest.skip("tcpdump not installed (make test installs it as root)")
     vlan = {"vlan.pcap": "vlan and ", "qinq.pcap": "vlan and vlan and "}.get(name, "")
-    if name == "ipv6.pcap":
-        expr = "ip6 and ip6[6] == 6 and ip6[40+13] & 4 != 0"
+    if name == "ipv6.pcap":  # tcpdump's tcp[] does not reach into IPv6
+        rst = "ip6 and ip6[6] == 6 and ip6[40+13] & 4 != 0"
+        syn = "ip6 and ip6[6] == 6 and ip6[40+13] & 0x12 == 2"
     else:
-        expr = vlan + "tcp[tcpflags] & tcp-rst != 0"
-    out = subprocess.run(["tcpdump", "-n", "-r", str(DATA / name), expr],
-                         capture_output=True, text=True, check=True).stdout
-    got = cli("analyze", "--resets", "--json", DATA / name).lines()
-    assert len(got) == len(out.splitlines())
+        rst = vlan + "tcp[tcpflags] & tcp-rst != 0"
+        syn = vlan + "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
+    path = DATA / name
+    got = cli("analyze", "--json", path).json()["tcp_flags"]
+    assert got["rst"] == _tcpdump_count(path, rst)
+    assert got["syn"] == _tcpdump_count(path, syn)
+    assert len(cli("analyze", "--resets", "--json", path).lines()) == got["rst"]
