@@ -173,3 +173,10 @@ def test_cross_check_syn_and_rst_with_tcpdump(cli, expected, name):
     assert got["rst"] == _tcpdump_count(path, rst)
     assert got["syn"] == _tcpdump_count(path, syn)
     assert len(cli("analyze", "--resets", "--json", path).lines()) == got["rst"]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_summary_fits_80_columns(cli, name):
+    out = cli("analyze", DATA / name).out
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+    assert "\xa0" not in out

@@ -76,3 +76,9 @@ def test_helper_process_reports_unusable_file(tmp_path):
     f.write_bytes(b"definitely not a capture" * 10)
     with pytest.raises(BadInput, match="at byte 0: not a capture"):
         _run(f, parallel=True)
+
+
+def test_busy_summary_fits_80_columns(cli, generated):
+    out = cli("analyze", generated).out
+    assert "Findings" in out
+    assert all(len(line) <= 80 for line in out.splitlines()), out

@@ -21,24 +21,24 @@ def render_summary(s: Summary, top: int = 10) -> str:
         lines.append("no packets")
         lines.extend(_damage_lines(s))
         return "\n".join(lines) + "\n"
-    lines.append(
+    head = " " * 10
+    lines += _wrap(
         f"capture   {stamp(s.first_ts)} .. {clock(s.last_ts)} ({seconds(s.duration)}), "
-        f"{s.packets:,} packets, {s.tcp_packets:,} TCP"
-    )
+        f"{s.packets:,}\xa0packets, {s.tcp_packets:,}\xa0TCP", head)
     fl = s.flags
-    lines.append(f"segments  {fl['syn']:,} SYN, {fl['syn-ack']:,} SYN-ACK, {fl['fin']:,} FIN, "
-                 f"{fl['rst']:,} RST")
-    lines.append(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 6))
+    lines += _wrap(f"segments  {fl['syn']:,} SYN, {fl['syn-ack']:,} SYN-ACK, {fl['fin']:,} FIN, "
+                   f"{fl['rst']:,} RST", head)
+    lines += _wrap(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 8), head)
     failed = s.failed_total()
     rate, _span = s.failure_rate()
-    pace = (f", {rate_text(rate)} from {clock(s.fail_first)} to {clock(s.fail_last)}"
+    pace = (f", {rate_text(rate)} from\xa0{clock(s.fail_first)} to\xa0{clock(s.fail_last)}"
             if rate else "")
-    lines.append(
+    lines += _wrap(
         f"failed    {failed:,} connections ({s.failures['refused']:,} refused, "
-        f"{s.failures['timeout']:,} timed out){pace}"
-    )
+        f"{s.failures['timeout']:,} timed out){pace}", head)
     resets = sum(s.resets.values())
-    lines.append(f"resets    {resets:,}" + (f": {_top_counts(s.resets, 6)}" if resets else ""))
+    lines += _wrap(f"resets    {resets:,}" + (f": {_top_counts(s.resets, 6)}" if resets else ""),
+                   head)
     if failed:
         width, series = failure_series(s)
         peak = max(series)
@@ -54,7 +54,8 @@ def render_summary(s: Summary, top: int = 10) -> str:
             rate_s, _span = svc.rate()
             rows.append([
                 svc.name, str(svc.failures), str(svc.failed["refused"]),
-                str(svc.failed["timeout"]), str(svc.reset_count - svc.resets[("refused", "resp")]),
+                str(svc.failed["timeout"]),
+                str(sum(n for (kind, _by), n in svc.resets.items() if kind != "refused")),
                 f"{len(svc.clients)}{'+' if svc.clients_capped else ''}",
                 rate_text(rate_s) if rate_s else "-",
                 clock(svc.first) if svc.failures else "-",
@@ -74,7 +75,7 @@ def render_summary(s: Summary, top: int = 10) -> str:
     skipped = sum(s.skipped.values())
     if skipped:
         lines.append("")
-        lines.append(f"not analysed: {skipped:,} packets ({_top_counts(s.skipped, 5)})")
+        lines += _wrap(f"not analysed: {skipped:,} packets ({_top_counts(s.skipped, 5)})", "  ")
     if s.evicted:
         lines.append(f"memory cap: {s.evicted:,} connections were ended early to stay bounded")
     lines.extend(_damage_lines(s))
@@ -90,7 +91,7 @@ def _damage_lines(s: Summary) -> list[str]:
 
 def _top_counts(c: Counter[str], n: int) -> str:
     items = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))
-    text = ", ".join(f"{v:,} {k}" for k, v in items[:n])
+    text = ", ".join(f"{v:,}\xa0{k}" for k, v in items[:n])
     return text + (", ..." if len(items) > n else "")
 
 
@@ -128,7 +129,7 @@ def _wrap(text: str, indent: str) -> list[str]:
         else:
             cur = f"{cur} {w}" if cur else w
     lines.append(cur)
-    return lines
+    return [line.replace("\xa0", " ") for line in lines]  # no-break spaces held words together
 
 
 def _ep(host: str, port: int) -> str:
