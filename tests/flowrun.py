@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rsthound.analyze.flows import FlowTable
-from rsthound.analyze.session import Analysis
+from rsthound.analyze.session import Analysis, interface_label
 from rsthound.formats import linktypes as lt
 from rsthound.formats.inet import NotTcp, parse_ip_tcp
 from rsthound.model import Conn, Reset
@@ -43,10 +43,9 @@ def run_packets(path: Path) -> tuple[list[Conn], list[Reset]]:
             a = (s.src_raw + s.sport.to_bytes(2, "big"))
             b = (s.dst_raw + s.dport.to_bytes(2, "big"))
             key = a + b if a_is_src else b + a
-            name = ifc.name if len(batch.interfaces) > 1 else None
-            if where[2] >= 0:
-                name = f"{name}:ifindex {where[2]}" if name and name != "any" else (
-                    f"ifindex {where[2]}")
+            # the file's interface index only counts where it has several, as in the batch path
+            iface = int(batch.iface[i]) if len(batch.interfaces) > 1 else -1
+            name = interface_label([x.name for x in batch.interfaces], iface, where[2])
             table.packet(key, a_is_src, float(batch.ts[i]), s.flags, s.seq, s.ack, s.payload,
                          s.ip_len, s.ttl, s.ipid, name)
     table.close()

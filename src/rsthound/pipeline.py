@@ -48,8 +48,7 @@ def analyze_file(path: str, analysis: Analysis,
             parallel = False
     if not parallel:
         for batch in read_capture(path, analysis.summary.damages):
-            analysis.feed(batch)
-            progress(int(batch.rec_off[-1]) if len(batch) else 0)
+            progress(analysis.feed(batch).end_offset)
         return
     try:
         while True:
@@ -94,7 +93,6 @@ def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue) -> None:
     try:
         for batch in read_capture(path, damages):
             q.put(("batch", prepare(batch, selection, stats, counts)))
-            del batch  # let the map's pages go before the next batch
         q.put(("end", (damages, stats)))
     except BadInput as e:
         q.put(("bad", (e.reason, e.path, e.offset)))

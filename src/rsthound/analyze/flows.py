@@ -3,8 +3,8 @@
 `FlowTable.packet` takes one TCP packet at a time (live capture, the slow path).
 For a decoded batch, `plan_batch` (numpy only, so it can run in another process) picks the
 packets that can change a connection's state and folds the rest (plain data and ACKs) into
-per-connection counts; `FlowTable.apply` then runs the per-packet code on the picked ones
-(`feed` does both). Memory is bounded: connections idle longer than
+per-connection counts; `FlowTable.apply` then runs the per-packet code on the picked ones.
+Memory is bounded: connections idle longer than
 `idle_timeout` are finished, closed ones after `close_delay`, and past `max_conns` the
 least recently seen are evicted (and counted).
 """
@@ -30,7 +30,7 @@ class Flow:
     """A connection being tracked."""
 
     __slots__ = (
-        "a_is_orig", "first_kind", "flipped", "hist", "iface", "key", "last", "nresets",
+        "a_is_orig", "first_kind", "hist", "iface", "key", "last", "nresets",
         "orig", "resp", "start",
     )
 
@@ -45,7 +45,6 @@ class Flow:
         self.iface = iface
         self.nresets = 0
         self.first_kind: ResetKind | None = None
-        self.flipped = False
 
     @property
     def uid(self) -> str:
@@ -145,7 +144,7 @@ class FlowTable:
         self.max_conns = max_conns
         self.timeout_after = timeout_after  # an unanswered SYN this old is a timeout
         # counts=False: a summary needs states and resets, not packet and byte counts or
-        # the first-ACK/first-data history letters, so `feed` passes on far fewer packets.
+        # the first-ACK/first-data history letters, so `plan_batch` keeps far fewer packets.
         self.counts = counts
         self.flows: dict[bytes, Flow] = {}
         self.evicted = 0
@@ -188,7 +187,6 @@ class FlowTable:
             )
             flow = Flow(key, a_is_src == sender_orig, ts, iface)
             if not sender_orig:
-                flow.flipped = True
                 flow.hist.append("^")
             self.flows[key] = flow
         flow.last = ts
@@ -229,7 +227,7 @@ class FlowTable:
             flow.nresets += 1
             if flow.first_kind is None or flow.first_kind is ResetKind.REFUSED:
                 flow.first_kind = kind
-            self._report_reset(flow, is_orig, a_is_src, ts, kind, flags, seq, ack, ttl)
+            self._report_reset(flow, is_orig, ts, kind, flags, seq, ack, ttl)
 
     def _reset_kind(self, flow: Flow, end: zeek.Side, peer: zeek.Side, ttl: int, ipid: int,
                     ) -> ResetKind:
@@ -251,8 +249,8 @@ class FlowTable:
             return ResetKind.STRAY
         return ResetKind.ABORT
 
-    def _report_reset(self, flow: Flow, is_orig: bool, a_is_src: bool, ts: float,
-                      kind: ResetKind, flags: int, seq: int, ack: int, ttl: int) -> None:
+    def _report_reset(self, flow: Flow, is_orig: bool, ts: float, kind: ResetKind,
+                      flags: int, seq: int, ack: int, ttl: int) -> None:
         oh, op, rh, rp = flow.endpoints(self._addr)
         src, sport, dst, dport = (oh, op, rh, rp) if is_orig else (rh, rp, oh, op)
         why = {
@@ -266,10 +264,6 @@ class FlowTable:
                             flags, seq, ack, ttl, flow.iface, flow.uid, why))
 
     # -- a batch of columns ----------------------------------------------------------------
-    def feed(self, cols: TcpColumns, iface_label: Callable[[int, int], str | None]) -> None:
-        """Account a decoded batch; only state-changing packets reach `packet`."""
-        self.apply(plan_batch(cols, self.counts), iface_label)
-
     def apply(self, plan: Plan, iface_label: Callable[[int, int], str | None]) -> None:
         """Account a batch planned by `plan_batch` (which may have run in another process)."""
         keys = plan.keys

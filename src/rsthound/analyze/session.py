@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import numpy as np
 from rsthound.analyze.flows import FlowTable, Plan, plan_batch
 from rsthound.analyze.summary import Summarizer, Summary
 from rsthound.formats.columns import DecodeStats, TcpColumns, decode_tcp
+from rsthound.formats.inet import addr_bytes
 from rsthound.formats.records import RecordBatch
 from rsthound.model import Conn, Reset
 
@@ -27,33 +27,36 @@ class Selection:
 
     def mask(self, cols: TcpColumns) -> np.ndarray | None:
         """Rows to keep, or None for all."""
-        keep = None
+        masks = []
         if self.ports:
             want = np.array(self.ports)
-            keep = np.isin(cols.a_port, want) | np.isin(cols.b_port, want)
+            masks.append(np.isin(cols.a_port, want) | np.isin(cols.b_port, want))
         if self.hosts:
             m = np.zeros(len(cols), dtype=bool)
             for h in self.hosts:
-                raw = _raw16(h)
+                raw = addr_bytes(h)
                 hi = np.uint64(int.from_bytes(raw[:8], "big"))
                 lo = np.uint64(int.from_bytes(raw[8:], "big"))
                 m |= (cols.a_hi == hi) & (cols.a_lo == lo)
                 m |= (cols.b_hi == hi) & (cols.b_lo == lo)
-            keep = m if keep is None else keep & m
+            masks.append(m)
         if self.since is not None:
-            m = cols.ts >= self.since
-            keep = m if keep is None else keep & m
+            masks.append(cols.ts >= self.since)
         if self.until is not None:
-            m = cols.ts < self.until
-            keep = m if keep is None else keep & m
-        return keep
+            masks.append(cols.ts < self.until)
+        return np.logical_and.reduce(masks) if masks else None
 
 
-def _raw16(host: str) -> bytes:
-    addr = ipaddress.ip_address(host)
-    if addr.version == 4:
-        return b"\0" * 10 + b"\xff\xff" + addr.packed
-    return addr.packed
+def interface_label(names: list[str | None], iface: int, ifindex: int) -> str | None:
+    """How a packet's interface is shown: the file's name for it (or `ifN` when the file
+    has several and names none), and the Linux ifindex from SLL2 when there is one ("any"
+    names no interface, so then the index alone)."""
+    name = names[iface] if 0 <= iface < len(names) else None
+    if name is None and len(names) > 1 and iface >= 0:
+        name = f"if{iface}"
+    if ifindex >= 0:
+        return f"{name}:ifindex {ifindex}" if name and name != "any" else f"ifindex {ifindex}"
+    return name
 
 
 @dataclass
@@ -112,26 +115,16 @@ class Analysis:
         self.table = FlowTable(conn_cb, reset_cb, max_conns=max_conns,
                                counts=on_conn is not None)
 
-    def feed(self, batch: RecordBatch) -> None:
-        self.feed_prepared(prepare(batch, self.selection, self.stats, self.table.counts))
+    def feed(self, batch: RecordBatch) -> Prepared:
+        p = prepare(batch, self.selection, self.stats, self.table.counts)
+        self.feed_prepared(p)
+        return p
 
     def feed_prepared(self, p: Prepared) -> None:
         s = self.summary
         s.first_ts = min(s.first_ts, p.first_ts)
         s.last_ts = max(s.last_ts, p.last_ts)
-        names = p.names
-        several = len(names) > 1
-
-        def label(iface: int, ifindex: int) -> str | None:
-            name = names[iface] if 0 <= iface < len(names) else None
-            if name is None and several and iface >= 0:
-                name = f"if{iface}"
-            if ifindex >= 0:
-                return f"{name}:ifindex {ifindex}" if name and name != "any" else (
-                    f"ifindex {ifindex}")
-            return name
-
-        self.table.apply(p.plan, label)
+        self.table.apply(p.plan, lambda iface, ifindex: interface_label(p.names, iface, ifindex))
 
     def finish(self, files: list[str]) -> Summary:
         self.table.close()

@@ -129,7 +129,7 @@ class Summarizer:
         s.states[c.conn_state] += 1
         svc = self._service(c.resp_h, c.resp_p)
         svc.conns += 1
-        if c.resp_pkts and c.conn_state not in ("REJ",) and c.failure is not ResetKind.REFUSED:
+        if c.resp_pkts and c.conn_state != "REJ" and c.failure is not ResetKind.REFUSED:
             svc.answered += 1
         if len(svc.clients) < self.max_clients:
             svc.clients.add(c.orig_h)

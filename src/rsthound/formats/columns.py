@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rsthound.formats import linktypes as lt
-from rsthound.formats.inet import PROTO_TCP, NotTcp, parse_ip_tcp
+from rsthound.formats.inet import ACK, FIN, PROTO_TCP, RST, SYN, NotTcp, parse_ip_tcp
 from rsthound.formats.records import RecordBatch, u16_at, u32_at
 
 KEY_LEN = 36  # address A (16) port A (2) address B (16) port B (2); A sorts first
@@ -154,13 +154,12 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     v6 = have & (ver == 6) & (cap >= l3 + 40)
     stats.skipped["truncated"] += int((have & (ver != 0) & ~v4 & ~v6).sum())
 
-    pc = p
-    vihl = at8(pc)
+    vihl = at8(p)
     ihl = (vihl & 15).astype(np.int64) * 4
     v4 &= (vihl >> 4 == 4) & (ihl >= 20)
-    proto4 = at8(pc + 9)
-    frag = at16(pc + 6) & 0x1FFF
-    nxt6 = at8(pc + 6)
+    proto4 = at8(p + 9)
+    frag = at16(p + 6) & 0x1FFF
+    nxt6 = at8(p + 6)
     v6 &= vihl >> 4 == 6
     ext6 = v6 & np.isin(nxt6, _V6_EXT)
     slow |= ext6
@@ -175,19 +174,17 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     stats.skipped["truncated"] += int(((v4 | v6) & ~tcp).sum())
 
     rows = np.flatnonzero(tcp)
-    pr, l4r, is4 = p[rows], l4[rows], v4[rows]
-    l4c = l4r
-    doff = (at8(l4c + 12) >> 4).astype(np.int64) * 4
+    doff = (at8(l4[rows] + 12) >> 4).astype(np.int64) * 4
     good = doff >= 20
     stats.skipped["bad TCP header"] += int((~good).sum())
-    rows, prc, l4r, is4, doff = rows[good], pr[good], l4r[good], is4[good], doff[good]
-    l4c = l4r
-    ip_len = np.where(is4, at16(prc + 2), at16(prc + 4) + 40).astype(np.int64)
-    payload = np.maximum(ip_len - (l4r - prc) - doff, 0)
-    sport = at16(l4c)
-    dport = at16(l4c + 2)
-    src = _addr64(prc, is4, 12, 8, at32)
-    dst = _addr64(prc, is4, 16, 24, at32)
+    rows, doff = rows[good], doff[good]
+    ip, tl, is4 = p[rows], l4[rows], v4[rows]  # IP header, TCP header, IPv4 or not
+    ip_len = np.where(is4, at16(ip + 2), at16(ip + 4) + 40).astype(np.int64)
+    payload = np.maximum(ip_len - (tl - ip) - doff, 0)
+    sport = at16(tl)
+    dport = at16(tl + 2)
+    src = _addr64(ip, is4, 12, 8, at32)
+    dst = _addr64(ip, is4, 16, 24, at32)
     fast = TcpColumns(
         rec=rows,
         ts=batch.ts[rows],
@@ -196,13 +193,13 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
         b_port=np.empty(0, dtype=np.int64),
         flow=np.empty(0, dtype=np.int64),
         a_is_src=np.empty(0, dtype=bool),
-        flags=at8(l4c + 13).astype(np.int64),
-        seq=at32(l4c + 4).astype(np.int64),
-        ack=at32(l4c + 8).astype(np.int64),
+        flags=at8(tl + 13).astype(np.int64),
+        seq=at32(tl + 4).astype(np.int64),
+        ack=at32(tl + 8).astype(np.int64),
         payload=payload,
         ip_len=ip_len,
-        ttl=at8(np.where(is4, prc + 8, prc + 7)).astype(np.int64),
-        ipid=np.where(is4, at16(prc + 4), -1).astype(np.int64),
+        ttl=at8(np.where(is4, ip + 8, ip + 7)).astype(np.int64),
+        ipid=np.where(is4, at16(ip + 4), -1).astype(np.int64),
         iface=_iface(batch, rows),
         ifindex=ifindex[rows],
     )
@@ -211,12 +208,12 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     _keys(fast, src, dst, sport, dport)
     stats.tcp += len(fast)
     f = fast.flags
-    syn = (f & 0x02) != 0
-    ack = (f & 0x10) != 0
+    syn = (f & SYN) != 0
+    ack = (f & ACK) != 0
     stats.flags["syn"] += int((syn & ~ack).sum())
     stats.flags["syn-ack"] += int((syn & ack).sum())
-    stats.flags["fin"] += int(((f & 0x01) != 0).sum())
-    stats.flags["rst"] += int(((f & 0x04) != 0).sum())
+    stats.flags["fin"] += int(((f & FIN) != 0).sum())
+    stats.flags["rst"] += int(((f & RST) != 0).sum())
     return fast
 
 

@@ -128,6 +128,12 @@ def parse_ip_tcp(pkt: bytes, off: int, version: int) -> TcpSegment:
     )
 
 
+def addr_bytes(text: str) -> bytes:
+    """'10.0.0.1' -> its 16-byte form (IPv4 mapped into ::ffff:0:0/96), as packets are keyed."""
+    addr = ipaddress.ip_address(text)
+    return V4_PREFIX + addr.packed if addr.version == 4 else addr.packed
+
+
 def format_addr(raw: bytes) -> str:
     """16 raw bytes -> text; IPv4-mapped addresses print as plain IPv4."""
     if raw[:12] == V4_PREFIX:

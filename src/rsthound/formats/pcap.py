@@ -95,7 +95,6 @@ def read_pcap(
     limit = hdr.max_caplen
     frac_limit = 1_000_000_000 if hdr.nanos else 1_000_000
     off = 24
-    frame = 1
     last_sec: int | None = None
     while off < end:
         starts: list[int] = []
@@ -110,8 +109,7 @@ def read_pcap(
             off += 16 + incl
             n += 1
         if starts:
-            batch, bad = _columns(arr, np.array(starts, dtype=np.int64), hdr, iface, frame)
-            frame += n
+            batch, bad = _columns(arr, np.array(starts, dtype=np.int64), hdr, iface)
             for rec in bad:
                 damages.append(Damage(path, rec, 16, "implausible record header (timestamp)"))
             if len(batch):
@@ -147,7 +145,7 @@ def read_pcap(
 
 
 def _columns(
-    arr: np.ndarray, starts: np.ndarray, hdr: PcapHeader, iface: list[Interface], frame: int
+    arr: np.ndarray, starts: np.ndarray, hdr: PcapHeader, iface: list[Interface]
 ) -> tuple[RecordBatch, list[int]]:
     sec = u32_at(arr, starts, hdr.little).astype(np.int64)
     frac = u32_at(arr, starts + 4, hdr.little).astype(np.int64)
@@ -171,7 +169,6 @@ def _columns(
         iface=np.zeros(len(starts), dtype=np.int32),
         interfaces=iface,
         rec_off=starts,
-        first_frame=frame,
     )
     return batch, bad
 

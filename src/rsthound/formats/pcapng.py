@@ -83,19 +83,17 @@ def read_pcapng(
     fmt = "<"
     interfaces: list[Interface] = []
     section_base = 0  # interface ids are per section; ours index one list for the whole file
-    frame = 1
     off = 0
     epb: list[int] = []
     other: list[tuple[int, int, int, int, float, int]] = []  # rec, data, cap, wire, ts, iface
 
     def flush() -> RecordBatch | None:
-        nonlocal frame, epb, other
+        nonlocal epb, other
         if not epb and not other:
             return None
-        batch, bad = _columns(arr, epb, other, fmt, interfaces, section_base, frame)
+        batch, bad = _columns(arr, epb, other, fmt, interfaces, section_base)
         for off_bad, why in bad:
             damages.append(Damage(path, off_bad, 0, why + "; the packet is skipped"))
-        frame += len(batch)
         epb, other = [], []
         return batch
 
@@ -204,7 +202,6 @@ def _columns(
     fmt: str,
     interfaces: list[Interface],
     section_base: int,
-    frame: int,
 ) -> tuple[RecordBatch, list[tuple[int, str]]]:
     little = fmt == "<"
     rec = np.array(epb, dtype=np.int64)
@@ -249,5 +246,4 @@ def _columns(
         iface=cols[5].astype(np.int32),
         interfaces=interfaces,
         rec_off=cols[0],
-        first_frame=frame,
     ), bad

@@ -25,8 +25,7 @@ class RecordBatch:
     """Up to BATCH packet records; `buf[data_off[i] : data_off[i] + caplen[i]]` is packet i.
 
     `buf` is a uint8 view of the input (usually the whole mapped file); `iface` indexes
-    `interfaces`; `rec_off` is where each record starts in the file (for messages);
-    `first_frame` is the 1-based frame number of record 0.
+    `interfaces`; `rec_off` is where each record starts in the file (for messages).
     """
 
     buf: np.ndarray
@@ -37,7 +36,6 @@ class RecordBatch:
     iface: np.ndarray  # int32 into `interfaces`
     interfaces: list[Interface]
     rec_off: np.ndarray  # int64
-    first_frame: int
 
     def __len__(self) -> int:
         return len(self.data_off)
