@@ -39,6 +39,11 @@ class PcapHeader:
     version: tuple[int, int]
 
     @property
+    def ticks(self) -> int:
+        """Timestamp fractions per second."""
+        return 1_000_000_000 if self.nanos else 1_000_000
+
+    @property
     def max_caplen(self) -> int:
         return max(MAX_SNAPLEN, min(self.snaplen, ABSURD_SNAPLEN))
 
@@ -90,10 +95,9 @@ def read_pcap(
         )
     arr = np.frombuffer(data, dtype=np.uint8)
     end = len(arr)
-    iface = [Interface(hdr.linktype, None, hdr.snaplen, 1e-9 if hdr.nanos else 1e-6)]
+    iface = [Interface(hdr.linktype, None, hdr.snaplen, 1 / hdr.ticks)]
     caplen_of = struct.Struct(("<" if hdr.little else ">") + "I").unpack_from
     limit = hdr.max_caplen
-    frac_limit = 1_000_000_000 if hdr.nanos else 1_000_000
     off = 24
     last_sec: int | None = None
     while off < end:
@@ -135,7 +139,7 @@ def read_pcap(
                 )
             )
             return
-        nxt = _resync(arr, off, hdr, limit, frac_limit, last_sec)
+        nxt = _resync(arr, off, hdr, last_sec)
         reason = f"record length {incl} is impossible (snaplen {hdr.snaplen}); garbage in the file"
         if nxt is None:
             damages.append(Damage(path, off, end - off, reason + "; nothing readable after it"))
@@ -151,7 +155,7 @@ def _columns(
     frac = u32_at(arr, starts + 4, hdr.little).astype(np.int64)
     caplen = u32_at(arr, starts + 8, hdr.little).astype(np.int64)
     wirelen = u32_at(arr, starts + 12, hdr.little).astype(np.int64)
-    scale = 1_000_000_000 if hdr.nanos else 1_000_000
+    scale = hdr.ticks
     sound = frac < scale
     bad: list[int] = []
     if not sound.all():
@@ -174,34 +178,32 @@ def _columns(
 
 
 def _plausible(
-    arr: np.ndarray, pos: np.ndarray, hdr: PcapHeader, limit: int, frac_limit: int,
-    last_sec: int | None,
+    arr: np.ndarray, pos: np.ndarray, hdr: PcapHeader, last_sec: int | None,
 ) -> np.ndarray:
     sec = u32_at(arr, pos, hdr.little).astype(np.int64)
     frac = u32_at(arr, pos + 4, hdr.little)
     incl = u32_at(arr, pos + 8, hdr.little)
     orig = u32_at(arr, pos + 12, hdr.little)
-    ok = (frac < frac_limit) & (incl <= limit) & (incl <= orig) & (incl >= 14)
+    ok = (frac < hdr.ticks) & (incl <= hdr.max_caplen) & (incl <= orig) & (incl >= 14)
     if last_sec is not None:
         ok &= np.abs(sec - last_sec) <= DAY
     return ok & (pos + 16 + incl.astype(np.int64) <= len(arr))
 
 
 def _resync(
-    arr: np.ndarray, off: int, hdr: PcapHeader, limit: int, frac_limit: int,
-    last_sec: int | None,
+    arr: np.ndarray, off: int, hdr: PcapHeader, last_sec: int | None,
 ) -> int | None:
     """The first offset after `off` where a record and the one after it both look sound."""
     end = len(arr)
     p0 = off + 1
     while p0 + 16 <= end and p0 - off < RESYNC_LIMIT:
         pos = np.arange(p0, min(end - 16, p0 + RESYNC_WINDOW) + 1, dtype=np.int64)
-        for p in pos[_plausible(arr, pos, hdr, limit, frac_limit, last_sec)].tolist():
+        for p in pos[_plausible(arr, pos, hdr, last_sec)].tolist():
             nxt = p + 16 + int(u32_at(arr, np.array([p + 8]), hdr.little)[0])
             if nxt == end:
                 return p
             if nxt + 16 <= end and _plausible(
-                arr, np.array([nxt], dtype=np.int64), hdr, limit, frac_limit, last_sec
+                arr, np.array([nxt], dtype=np.int64), hdr, last_sec
             )[0]:
                 return p
         p0 = int(pos[-1]) + 1
