@@ -6,7 +6,11 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +64,63 @@ def need_root_tools(*tools: str) -> None:
     for t in tools:
         if shutil.which(t) is None:
             pytest.skip(f"needs {t} (make test installs it as root)")
+
+
+class Netns(str):
+    """A throwaway network namespace (its name), with loopback up."""
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    def argv(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self, *argv]
+
+    def run(self, code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run Python `code` inside the namespace and wait for it."""
+        return subprocess.run(self.argv(sys.executable, "-c", code), check=True,
+                              timeout=timeout, capture_output=True, text=True)
+
+    def start(self, code: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(sys.executable, "-c", code),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    @contextmanager
+    def sleeper(self) -> Iterator[int]:
+        """A process living in the namespace, for as long as the block runs: its pid."""
+        p = subprocess.Popen(self.argv("sleep", "120"))
+        try:
+            for _ in range(100):  # until ip netns exec has switched and exec'd sleep
+                if os.readlink(f"/proc/{p.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+                    break
+                time.sleep(0.02)
+            yield p.pid
+        finally:
+            p.kill()
+            p.wait()
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "del", self], check=False)
+
+
+@pytest.fixture
+def netns_factory():
+    """Make namespaces on demand (root, ip); all are deleted afterwards."""
+    need_root_tools("ip")
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        ns = Netns(f"rh-test-{os.getpid()}-{len(made)}")
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        made.append(ns)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        return ns
+
+    yield make
+    for ns in made:
+        ns.delete()
+
+
+@pytest.fixture
+def netns(netns_factory) -> Netns:
+    return netns_factory()

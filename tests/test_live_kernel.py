@@ -3,7 +3,6 @@ and check that `analyze` tells what happened. Needs root, ip and tcpdump (CI has
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,18 +14,6 @@ from conftest import DATA, need_root_tools
 
 SCEN = str(DATA / "scenarios.py")
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def netns():
-    need_root_tools("ip", "tcpdump")
-    name = f"rh-test-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def in_ns(ns: str, *argv: str) -> list[str]:
@@ -60,6 +47,7 @@ def wait_listen(ns: str, port: int) -> None:
 
 
 def test_refusals_and_aborts_on_loopback(netns, tmp_path, cli):
+    need_root_tools("tcpdump")
     cap = tmp_path / "live.pcap"
     dump = start_tcpdump(netns, cap)
     try:

@@ -45,6 +45,24 @@ file was damaged and skipped (said on stderr and in the output).
 """
 
 
+COUNTERS_EPILOG = """\
+examples:
+  rsthound counters                    values, and rates over one second
+  rsthound counters --interval 10      rates over ten seconds
+  rsthound counters --interval 0       values only, at once
+  rsthound counters --netns blue       the counters of 'ip netns' namespace blue
+  rsthound counters --netns 4312       the network namespace of process 4312
+  rsthound counters --proc-root /host/proc --json   a host's, from inside a container
+
+Tcp.AttemptFails counts connections that died while opening: mostly this host's
+own outgoing connects, refused or timed out. A full listen queue shows up as
+TcpExt.ListenOverflows instead. Every counter is explained in docs/counters.md.
+
+exit status: 0 read; 2 error; 3 read, but a counter file had lines that could
+not be read (said on stderr; the rest is shown).
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -122,7 +140,42 @@ def build_parser() -> argparse.ArgumentParser:
                    "(bounds memory; default 200000)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     a.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    c = sub.add_parser(
+        "counters",
+        help="the kernel's TCP failure counters, their rates and meaning",
+        description="The kernel's counters of failed connections and resets\n"
+        "(/proc/net/snmp and /proc/net/netstat), their rates, and what each one means.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=COUNTERS_EPILOG,
+    )
+    c.add_argument("--interval", type=_seconds_arg, default=1.0,
+                   help="seconds between the two samples the rates come from "
+                   "(default 1; 0: values only)")
+    c.add_argument("--json", action="store_true",
+                   help='one object: {"Tcp.AttemptFails": {"value": N, "rate": R}, ...}')
+    _add_namespace_args(c)
+    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def _add_namespace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--netns", metavar="NAME|PID",
+                   help="another network namespace: a name from 'ip netns list', or a "
+                   "process id (needs root)")
+    p.add_argument("--proc-root", metavar="DIR", default="/proc",
+                   help="where proc is mounted (in a container: /host/proc, which reads "
+                   "the host's counters); default /proc")
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-86400)")
+    return v
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
@@ -142,6 +195,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return Exit.ERROR
     commands: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
         "analyze": _cmd_analyze,
+        "counters": _cmd_counters,
     }
     try:
         return commands[args.command](args, out, err)
@@ -209,6 +263,34 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if failed:
         return Exit.ERROR
     return Exit.DAMAGED if damages else Exit.OK
+
+
+def _cmd_counters(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import time
+
+    from rsthound.analyze.rates import rates
+    from rsthound.report.counters import render_counters, render_counters_json
+    from rsthound.sources.procfs import CounterReader
+
+    with CounterReader(args.proc_root, args.netns) as reader:
+        first = reader.read()
+        last, rate = first, None
+        if args.interval > 0:
+            time.sleep(args.interval)
+            last = reader.read()
+            rate = rates(first.values, last.values, last.mono - first.mono)
+    problems = list(dict.fromkeys(first.problems + last.problems))
+    if not last.values:
+        for p in problems:
+            err.write(f"rsthound: {p}\n")
+        err.write(f"rsthound: no counters could be read ({reader.label})\n")
+        return Exit.ERROR
+    for p in problems:
+        err.write(f"rsthound: damaged: {p}\n")
+    err.flush()
+    out.write(render_counters_json(last.values, rate) if args.json else render_counters(
+        reader.label, last.wall, last.values, rate, args.interval, damaged=bool(problems)))
+    return Exit.DAMAGED if problems else Exit.OK
 
 
 class _Progress:

@@ -1,0 +1,28 @@
+"""Counter increases and rates that survive wraps and resets.
+
+    >>> increase(10, 15), increase(2**32 - 3, 4), increase(900, 7)
+    (5, 7, 7)
+
+A counter that goes down either wrapped (32-bit kernels keep 32-bit counters) or started
+again from zero (the network namespace was re-created); then, as Prometheus does, the new
+value is the increase.
+"""
+
+from __future__ import annotations
+
+WRAP32 = 1 << 32
+
+
+def increase(prev: int, cur: int) -> int:
+    if cur >= prev:
+        return cur - prev
+    if prev < WRAP32 and cur + WRAP32 - prev < WRAP32 // 2:
+        return cur + WRAP32 - prev
+    return cur
+
+
+def rates(prev: dict[str, int], cur: dict[str, int], seconds: float) -> dict[str, float]:
+    """Per-second rate of every counter present in both samples."""
+    if seconds <= 0:
+        return {}
+    return {k: increase(prev[k], v) / seconds for k, v in cur.items() if k in prev}
