@@ -63,6 +63,26 @@ not be read (said on stderr; the rest is shown).
 """
 
 
+WATCH_EPILOG = """\
+examples:
+  rsthound watch                          alerts on stdout, every second
+  rsthound watch --json --duration 60     JSON lines for a minute, then stop
+  rsthound watch --config /etc/rsthound/watch.toml --alertmanager http://127.0.0.1:9093
+  rsthound watch --netns blue --webhook https://hooks.example/rsthound
+
+default rules (change or add them in --config, see docs/watch.md):
+  failed-connections  Tcp.AttemptFails        warn 1/s, error 5/s, critical 20/s
+  resets-sent         Tcp.OutRsts             warn 5/s, error 25/s, critical 100/s
+  listen-overflows    TcpExt.ListenOverflows  warn on any, error 10/s, critical 100/s
+  failed-connections-unusual  10x this host's own trailing average (after 10 min)
+A level fires after 2 samples in a row (1 for overflows) over the last 3 intervals, and
+clears after 3 samples below half the warn level. Sampling once a second costs well
+under 1% of a core.
+
+exit status: 0 stopped (--duration, Ctrl-C, SIGTERM); 2 error.
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -156,6 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help='one object: {"Tcp.AttemptFails": {"value": N, "rate": R}, ...}')
     _add_namespace_args(c)
     c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    w = sub.add_parser(
+        "watch",
+        help="always on: counters -> alerts that say which case it is",
+        description="Sample the kernel's TCP counters, raise and clear alerts (levels, this "
+        "host's\nbaseline, hysteresis), and say which case the counters show.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=WATCH_EPILOG,
+    )
+    w.add_argument("--interval", type=_seconds_arg, default=1.0,
+                   help="seconds between samples (default 1)")
+    w.add_argument("--duration", type=_seconds_arg, help="stop after this many seconds")
+    w.add_argument("--json", action="store_true", help="one JSON object per event")
+    w.add_argument("--config", metavar="FILE", help="alert rules and notifications (TOML)")
+    w.add_argument("--webhook", metavar="URL", help="POST each event as JSON to this URL")
+    w.add_argument("--alertmanager", metavar="URL",
+                   help="send alerts to this Alertmanager (its /api/v2/alerts)")
+    w.add_argument("--host", help="the host name in alerts (default: this host's name)")
+    _add_namespace_args(w)
+    w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -196,6 +236,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     commands: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
         "analyze": _cmd_analyze,
         "counters": _cmd_counters,
+        "watch": _cmd_watch,
     }
     try:
         return commands[args.command](args, out, err)
@@ -291,6 +332,77 @@ def _cmd_counters(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(render_counters_json(last.values, rate) if args.json else render_counters(
         reader.label, last.wall, last.values, rate, args.interval, damaged=bool(problems)))
     return Exit.DAMAGED if problems else Exit.OK
+
+
+def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import signal
+    import socket
+    import threading
+    import time
+
+    from rsthound.analyze.alerts import Alerter
+    from rsthound.config import load_config
+    from rsthound.report import alerts as view
+    from rsthound.sinks.notify import Poster
+    from rsthound.sources.procfs import CounterReader
+
+    cfg = load_config(args.config)
+    interval = args.interval or 1.0
+    host = args.host or cfg.host or socket.gethostname()
+    webhook = args.webhook or cfg.webhook
+    manager = args.alertmanager or cfg.alertmanager
+    if manager and not manager.rstrip("/").endswith("/api/v2/alerts"):
+        manager = manager.rstrip("/") + "/api/v2/alerts"
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def say(text: str) -> None:
+        err.write(f"rsthound: {text}\n")
+        err.flush()
+
+    poster = Poster(say) if webhook or manager else None
+    active: dict[str, object] = {}
+    with CounterReader(args.proc_root, args.netns) as reader:
+        alerter = Alerter(cfg.rules, cfg.baselines)
+        say(f"watching {reader.label} every {interval:g} s with {len(cfg.rules)} rules and "
+            f"{len(cfg.baselines)} baseline(s) from {cfg.source}"
+            + (f", for {args.duration:g} s" if args.duration else ""))
+        seen_problems: set[str] = set()
+        start = time.monotonic()
+        tick = start
+        last_resend = start
+        while True:
+            sample = reader.read()
+            for p in sample.problems:
+                if p not in seen_problems:
+                    seen_problems.add(p)
+                    say(f"damaged: {p}")
+            for e in alerter.observe(sample.mono, sample.wall, sample.values):
+                obj = view.event_obj(e, host, reader.label)
+                out.write(view.line(obj) if args.json else view.render_event(e, host))
+                out.flush()
+                if e.event == "alert":
+                    active[e.rule] = e
+                else:
+                    active.pop(e.rule, None)
+                if poster and webhook:
+                    poster.post(webhook, obj)
+                if poster and manager:
+                    poster.post(manager, [view.alertmanager_obj(e, host, reader.label)])
+            if poster and manager and active and sample.mono - last_resend >= 60:
+                # Alertmanager resolves an alert it has not heard of for a while
+                last_resend = sample.mono
+                poster.post(manager, [view.alertmanager_obj(e, host, reader.label)
+                                      for e in active.values()])
+            tick += interval
+            if args.duration is not None and tick - start > args.duration + 1e-6:
+                break
+            if stop.wait(max(0.0, tick - time.monotonic())):
+                break
+    if poster:
+        poster.close()
+    return Exit.OK
 
 
 class _Progress:

@@ -1,0 +1,1 @@
+"""Where `watch` sends what it finds: webhooks and Alertmanager."""

@@ -1,0 +1,243 @@
+"""`rsthound watch`: alert rules on counter samples, config, notifications, and real kernels."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pytest
+
+from rsthound.analyze.alerts import Alerter, Baseline, Rule
+from rsthound.config import load_config
+from rsthound.errors import BadInput
+
+RULE = Rule("failed-connections", "Tcp.AttemptFails", "failed TCP connections",
+            warn=1.0, error=5.0, critical=20.0)
+
+
+def feed(alerter: Alerter, per_second: list[float], extra: dict[str, list[float]] | None = None,
+         t0: float = 1000.0):
+    """One sample per second; counters grow by the given amounts. Returns (second, event)."""
+    values = {"Tcp.AttemptFails": 10**6, "Tcp.OutRsts": 5, "TcpExt.TCPSynRetrans": 0,
+              "TcpExt.ListenOverflows": 0, "Tcp.EstabResets": 0}
+    got = []
+    for i, n in enumerate([0.0, *per_second]):
+        values["Tcp.AttemptFails"] += int(n)
+        for k, series in (extra or {}).items():
+            values[k] += int(([0.0, *series])[i])
+        got += [(i, e) for e in alerter.observe(t0 + i, t0 + i, dict(values))]
+    return got
+
+
+def test_start_up_never_alerts():
+    # a counter already in the millions is where the host stands, not a burst
+    assert feed(Alerter((RULE,), ()), [0, 0, 0]) == []
+
+
+def test_warn_within_three_samples_and_clear_with_hysteresis():
+    ev = feed(Alerter((RULE,), ()), [2, 2, 2, 2, 0.0, 1, 0, 0, 0, 0, 0])
+    assert [(i, e.event, e.level) for i, e in ev] == [(3, "alert", "warn"), (9, "clear", "warn")]
+    alert = ev[0][1]
+    assert alert.rate == pytest.approx(2.0) and alert.threshold == 1.0
+    assert alert.started == 1000.0  # the start of the first interval with failures
+    assert alert.cases == ["outgoing-refused"]  # no resets sent here, no SYN retransmissions
+
+
+def test_one_spike_does_not_alert_and_escalation_keeps_start():
+    assert feed(Alerter((RULE,), ()), [2, 0, 0, 0, 0]) == []
+    assert feed(Alerter((RULE,), ()), [0, 0, 2, 0, 0, 0]) == []
+    ev = feed(Alerter((RULE,), ()), [2, 2, 9, 9, 9, 30, 30, 30, 30])
+    levels = [(e.event, e.level) for _, e in ev]
+    assert levels == [("alert", "warn"), ("alert", "error"), ("alert", "critical")]
+    assert len({e.started for _, e in ev}) == 1
+
+
+@pytest.mark.parametrize(("extra", "case", "words"), [
+    ({"Tcp.OutRsts": [2] * 6}, "outgoing-refused", "refused on this host"),
+    ({"TcpExt.TCPSynRetrans": [4] * 6}, "outgoing-timeout", "time out"),
+    ({"TcpExt.ListenOverflows": [3] * 6}, "listen-overflow", "accept queue is full"),
+])
+def test_the_case_the_counters_show(extra, case, words):
+    ev = feed(Alerter((RULE,), ()), [2] * 6, extra)
+    assert ev and case in ev[0][1].cases and words in ev[0][1].explanation
+
+
+def test_any_overflow_is_at_least_warn():
+    rule = Rule("listen-overflows", "TcpExt.ListenOverflows", "overflows", any_increase=True,
+                error=10.0, for_samples=1)
+    ev = feed(Alerter((rule,), ()), [0, 0, 0], {"TcpExt.ListenOverflows": [0, 1, 0]})
+    assert [(i, e.event, e.level) for i, e in ev] == [(2, "alert", "warn")]
+
+
+def test_baseline_means_unusual_here():
+    b = Baseline("unusual", "Tcp.AttemptFails", "failed", factor=10, min_rate=0.2,
+                 warmup=20, for_samples=2, half_life=60)
+    quiet = [0.0, 1.0] * 15  # this host's normal: 0.5/s
+    ev = feed(Alerter((), (b,)), [*quiet, 2, 2, 2, 2])  # 4x normal: not unusual enough
+    assert ev == []
+    ev = feed(Alerter((), (b,)), [*quiet, 9, 9, 9, 0, 0, 0, 0, 0, 0])
+    assert [e.event for _, e in ev] == ["alert", "clear"]
+    ev = feed(Alerter((), (b,)), [9, 9, 9, 9])  # no alert before the warm-up
+    assert ev == []
+
+
+def test_config_changes_defaults_and_adds_rules(tmp_path):
+    f = tmp_path / "w.toml"
+    f.write_text('[rules.failed-connections]\nwarn = 2\nfor = 3\n\n'
+                 '[rules.resets-sent]\nenabled = false\n\n'
+                 '[rules.aborts]\nmetric = "TcpExt.TCPAbortOnTimeout"\nwarn = 0.5\n\n'
+                 '[notify]\nwebhook = "http://127.0.0.1:1/x"\n')
+    cfg = load_config(str(f))
+    rules = {r.name: r for r in cfg.rules}
+    assert rules["failed-connections"].warn == 2 and rules["failed-connections"].for_samples == 3
+    assert rules["failed-connections"].error == 5.0  # untouched keys keep their defaults
+    assert "resets-sent" not in rules and rules["aborts"].metric == "TcpExt.TCPAbortOnTimeout"
+    assert cfg.webhook == "http://127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("[rules.failed-connections]\nwarn = -1\n", "line 2: rules.failed-connections.warn: must"),
+    ("[rules.x]\nwarn = 1\n", "line 1: rules.x: a new rule needs a metric"),
+    ('[rules.x]\nmetric = "Tcp.Nope"\n', "line 2: rules.x.metric: 'Tcp.Nope' is not a counter"),
+    ("[rules.failed-connections]\n\nfor = 0\n", "line 3: rules.failed-connections.for: must"),
+    ('[notify]\nwebhook = "ftp://x"\n', "line 2: notify.webhook: must be a URL"),
+    ("[alerts]\n", "line 1: alerts: unknown section"),
+    ("[rules\n", "line 1: not valid TOML"),
+])
+def test_broken_config_names_file_line_key(tmp_path, text, said):
+    f = tmp_path / "w.toml"
+    f.write_text(text)
+    with pytest.raises(BadInput) as e:
+        load_config(str(f))
+    assert str(e.value).startswith(f"{f}: {said}")
+
+
+def test_broken_config_is_one_line_from_the_cli(cli, tmp_path):
+    f = tmp_path / "w.toml"
+    f.write_text("[rules.failed-connections]\nwran = 2\n")
+    r = cli("watch", "--config", f, "--duration", "0")
+    assert r.code == 2 and r.err.count("\n") == 1 and "line 2: " in r.err and "wran" in r.err
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    got: ClassVar[list[tuple[str, object]]] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.got.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    _Receiver.got = []
+    srv = HTTPServer(("127.0.0.1", 0), _Receiver)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", _Receiver.got
+    srv.shutdown()
+
+
+@pytest.mark.kernel
+def test_refusals_alert_then_clear(cli, netns, receiver):
+    """~2 refused connects a second inside a namespace: a warn alert within 3 samples that
+    names outgoing refusals, a clear after they stop; the webhook and Alertmanager get both."""
+    url, got = receiver
+    client = netns.start(_KNOCK.format(port=7211, n=8, gap=0.5))
+    t0 = time.time()
+    r = cli("watch", "--netns", netns, "--interval", "0.5", "--duration", "8", "--json",
+            "--host", "box", "--webhook", url + "/hook", "--alertmanager", url)
+    client.wait(timeout=30)
+    assert r.code == 0, r.err
+    ev = r.lines()
+    first = [e for e in ev if e["rule"] == "failed-connections"]
+    assert [e["event"] for e in first] == ["alert", "clear"], ev
+    alert = first[0]
+    assert alert["level"] == "warn" and alert["case"] == ["outgoing-refused"]
+    assert 1.0 <= alert["rate"] <= 3.0 and alert["host"] == "box"
+    assert "refused on this host" in alert["summary"]
+    assert _epoch(alert["ts"]) - t0 <= 3 * 0.5 + 1.0  # within 3 samples (plus start-up)
+    assert not [e for e in ev if e["rule"] == "resets-sent"]  # 2/s of resets is under warn
+    hooks = [b for p, b in got if p == "/hook"]
+    assert [b["event"] for b in hooks if b["rule"] == "failed-connections"] == ["alert", "clear"]
+    am = [b for p, b in got if p == "/api/v2/alerts"]
+    assert am[0][0]["labels"]["alertname"] == "RstHound_failed_connections"
+    assert "endsAt" in am[-1][0] and am[0][0]["labels"]["severity"] == "warn"
+
+
+@pytest.mark.kernel
+def test_full_listen_queue_is_named_overflow(cli, netns):
+    server = netns.start(
+        "import socket, time\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', 7300)); s.listen(1); time.sleep(30)\n")
+    try:
+        time.sleep(0.3)
+        client = netns.start(
+            "import socket, time\n"
+            "held = []\n"
+            "for _ in range(12):\n"
+            "    c = socket.socket(); c.setblocking(False)\n"
+            "    try: c.connect(('127.0.0.1', 7300))\n"
+            "    except BlockingIOError: pass\n"
+            "    held.append(c); time.sleep(0.25)\n"
+            "time.sleep(3)\n")
+        r = cli("watch", "--netns", netns, "--interval", "0.5", "--duration", "4", "--json")
+        client.kill()
+    finally:
+        server.kill()
+    assert r.code == 0, r.err
+    ev = [e for e in r.lines() if e["event"] == "alert"]
+    over = [e for e in ev if e["rule"] == "listen-overflows"]
+    assert over and "listen-overflow" in over[0]["case"], ev
+    assert "accept queue is full" in over[0]["summary"]
+
+
+@pytest.mark.kernel
+def test_silent_drop_is_named_timeouts(cli, netns):
+    import shutil
+    import subprocess
+
+    if shutil.which("nft") is None:
+        pytest.skip("needs nft (make test installs nftables as root)")
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "net.ipv4.tcp_syn_retries=1"],
+                   check=True)
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "add table inet t; "
+                    "add chain inet t in { type filter hook input priority 0; }; "
+                    "add rule inet t in tcp dport 7400 drop"], check=True)
+    client = netns.start(_KNOCK.format(port=7400, n=16, gap=0.5))
+    r = cli("watch", "--netns", netns, "--interval", "0.5", "--duration", "10", "--json")
+    client.kill()
+    assert r.code == 0, r.err
+    alerts = [e for e in r.lines() if e["event"] == "alert" and e["rule"] ==
+              "failed-connections"]
+    assert alerts and alerts[0]["case"] == ["outgoing-timeout"], r.out
+    assert "time out" in alerts[0]["summary"]
+
+
+def _epoch(iso: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+# a client knocking on a port, n times, `gap` seconds apart; non-blocking connects are left to
+# fail in the background (timeouts), so that knocks stay on pace
+_KNOCK = """
+import socket, threading, time
+def knock():
+    s = socket.socket()
+    try: s.connect(('127.0.0.1', {port}))
+    except OSError: pass
+    s.close()
+for _ in range({n}):
+    threading.Thread(target=knock).start()
+    time.sleep({gap})
+"""
