@@ -2,10 +2,10 @@
 hysteresis, and which case the counters show.
 
 Each sample after the first adds one interval of increases. A rule looks at its metric's rate
-over the last `window` intervals (as Prometheus's `rate(x[window])` would). It fires when that rate has stayed at or above a level for
-`for_samples` samples in a row, and it clears when the rate has stayed below
-`clear_ratio` x its warn level for `clear_samples` samples. The first sample only sets the
-starting values, so rsthound's own start-up never alerts.
+over the last `window` intervals (as Prometheus's `rate(x[window])` would). It fires when
+that rate has stayed at or above a level for `for_samples` samples in a row, and it clears
+when the rate has stayed below `clear_ratio` x its warn level for `clear_samples` samples.
+The first sample only sets the starting values, so rsthound's own start-up never alerts.
 """
 
 from __future__ import annotations
