@@ -10,19 +10,15 @@ import time
 
 import pytest
 
-from conftest import DATA, need_root_tools
+from conftest import DATA, Netns, need_root_tools
 
 SCEN = str(DATA / "scenarios.py")
 pytestmark = pytest.mark.kernel
 
 
-def in_ns(ns: str, *argv: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
-
-
-def start_tcpdump(ns: str, path) -> subprocess.Popen:
+def start_tcpdump(ns: Netns, path) -> subprocess.Popen:
     p = subprocess.Popen(
-        in_ns(ns, "tcpdump", "-U", "-n", "--immediate-mode", "-i", "lo", "-w", str(path)),
+        ns.argv("tcpdump", "-U", "-n", "--immediate-mode", "-i", "lo", "-w", str(path)),
         stderr=subprocess.PIPE, text=True,
     )
     line = p.stderr.readline()  # "listening on lo, ..." once the socket is bound
@@ -36,9 +32,9 @@ def stop(p: subprocess.Popen) -> None:
     p.wait(timeout=10)
 
 
-def wait_listen(ns: str, port: int) -> None:
+def wait_listen(ns: Netns, port: int) -> None:
     for _ in range(50):
-        out = subprocess.run(in_ns(ns, "ss", "-Hltn", f"sport = :{port}"),
+        out = subprocess.run(ns.argv("ss", "-Hltn", f"sport = :{port}"),
                              capture_output=True, text=True).stdout
         if out.strip():
             return
@@ -51,13 +47,13 @@ def test_refusals_and_aborts_on_loopback(netns, tmp_path, cli):
     cap = tmp_path / "live.pcap"
     dump = start_tcpdump(netns, cap)
     try:
-        subprocess.run(in_ns(netns, sys.executable, SCEN, "refused", "127.0.0.1", "7211",
+        subprocess.run(netns.argv(sys.executable, SCEN, "refused", "127.0.0.1", "7211",
                              "--count", "4", "--interval", "0.2"), check=True)
         for mode, port in (("abort-client", 9100), ("abort-server", 9101), ("normal", 8080)):
-            srv = subprocess.Popen(in_ns(netns, sys.executable, SCEN, "server", "127.0.0.1",
+            srv = subprocess.Popen(netns.argv(sys.executable, SCEN, "server", "127.0.0.1",
                                          str(port), mode), stdout=subprocess.DEVNULL)
             wait_listen(netns, port)
-            subprocess.run(in_ns(netns, sys.executable, SCEN, "client", "127.0.0.1",
+            subprocess.run(netns.argv(sys.executable, SCEN, "client", "127.0.0.1",
                                  str(port), mode), check=True, stdout=subprocess.DEVNULL)
             srv.wait(timeout=10)
     finally:

@@ -343,6 +343,7 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rsthound.analyze.alerts import Alerter
     from rsthound.config import load_config
     from rsthound.report import alerts as view
+    from rsthound.report.jsonout import line
     from rsthound.sinks.notify import Poster
     from rsthound.sources.procfs import CounterReader
 
@@ -380,7 +381,7 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     say(f"damaged: {p}")
             for e in alerter.observe(sample.mono, sample.wall, sample.values):
                 obj = view.event_obj(e, host, reader.label)
-                out.write(view.line(obj) if args.json else view.render_event(e, host))
+                out.write(line(obj) if args.json else view.render_event(e, host))
                 out.flush()
                 if e.event == "alert":
                     active[e.rule] = e

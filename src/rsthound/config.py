@@ -32,6 +32,7 @@ from rsthound.errors import BadInput
 from rsthound.metrics import BY_NAME
 
 _KEYS = {"for": "for_samples"}  # TOML spelling -> field name
+_KEYS_BACK = {v: k for k, v in _KEYS.items()}
 _NOTIFY = {"webhook", "alertmanager", "host"}
 
 
@@ -124,9 +125,6 @@ def _merge(path: str, text: str, section: str, table: dict, defaults: tuple, kin
             changes.setdefault("title", changes["metric"])
             by_name[name] = kind(name=name, **changes)
     return tuple(by_name.values())
-
-
-_KEYS_BACK = {v: k for k, v in _KEYS.items()}
 
 
 def _bad(path: str, text: str, key: str, table: str | None, what: str) -> None:

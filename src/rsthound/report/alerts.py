@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 from rsthound.analyze.alerts import Event
@@ -61,7 +60,3 @@ def alertmanager_obj(e: Event, host: str, netns: str) -> dict[str, Any]:
     if e.event == "clear":
         obj["endsAt"] = iso(e.ts)
     return obj
-
-
-def line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False) + "\n"
