@@ -40,6 +40,12 @@ def _utc(monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`watch` keeps its history where systemd would say, here a test's own folder."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+
+
 @pytest.fixture
 def cli():
     """Run rsthound in-process: cli("analyze", "x.pcap") -> Result(code, out, err)."""

@@ -83,6 +83,21 @@ exit status: 0 stopped (--duration, Ctrl-C, SIGTERM); 2 error.
 """
 
 
+HISTORY_EPILOG = """\
+examples:
+  rsthound history                          failed connections, the last hour
+  rsthound history --since 7d               the last week (one row per minute or hour)
+  rsthound history --since 2026-11-22T10:50 --until 2026-11-22T11:10
+  rsthound history --metric TcpExt.ListenOverflows --since 24h
+  rsthound history --json --since 10m       the stored rows and alerts, as JSON
+
+'rsthound watch' writes the history: every interval for the last hour, one row per
+minute for 8 days, one per hour for 400 days (a year takes a few MB).
+
+exit status: 0 shown; 2 error (no history file, or not a usable one).
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -104,6 +119,35 @@ def _time_arg(text: str) -> float:
             f"{text!r} is not a time: use Unix seconds or ISO 8601 like 2026-11-22T10:54:50"
         ) from None
     return t.timestamp()
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _when_arg(text: str) -> float:
+    """'30m', '6h', '7d' ago, or a time as _time_arg reads it."""
+    import re
+    import time
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|min|m|h|d|w)", text.strip())
+    if m:
+        return time.time() - float(m[1]) * _UNITS[m[2]]
+    try:
+        return _time_arg(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use 30m, 6h, 7d (ago), ISO 8601 like "
+            "2026-11-22T10:54:50, or Unix seconds") from None
+
+
+def _metric_arg(text: str) -> str:
+    from rsthound.metrics import BY_NAME
+
+    for name in BY_NAME:
+        if text.lower() in (name.lower(), name.replace(".", "").lower()):
+            return name
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a counter rsthound keeps; one of: {', '.join(BY_NAME)}")
 
 
 def _port_arg(text: str) -> int:
@@ -194,9 +238,39 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--alertmanager", metavar="URL",
                    help="send alerts to this Alertmanager (its /api/v2/alerts)")
     w.add_argument("--host", help="the host name in alerts (default: this host's name)")
+    _add_db_args(w)
     _add_namespace_args(w)
     w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    h = sub.add_parser(
+        "history",
+        help="a counter's rate over time, with the alerts, from watch's history",
+        description="A counter's rate over time as 'rsthound watch' recorded it, as a "
+        "terminal chart\nwith its alerts marked.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=HISTORY_EPILOG,
+    )
+    h.add_argument("--since", type=_when_arg, default="1h",
+                   help="from when: 30m, 6h, 7d ago, or a time (ISO 8601, Unix seconds); "
+                   "default 1h")
+    h.add_argument("--until", type=_when_arg, help="until when (default: now)")
+    h.add_argument("--metric", type=_metric_arg, default="Tcp.AttemptFails",
+                   help="the counter, by its kernel name (default Tcp.AttemptFails; "
+                   "'rsthound counters' lists them)")
+    h.add_argument("--json", action="store_true", help="one object: the rows and the alerts")
+    _add_db_args(h, write=False)
+    h.add_argument("--netns", metavar="NAME|PID",
+                   help="the history 'watch --netns' wrote for this namespace")
+    h.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def _add_db_args(p: argparse.ArgumentParser, write: bool = True) -> None:
+    p.add_argument("--db", metavar="FILE",
+                   help="the history file (default: /var/lib/rsthound/history.db as root, "
+                   "else ~/.local/state/rsthound/history.db; one per --netns)")
+    if write:
+        p.add_argument("--no-history", action="store_true", help="keep no history")
 
 
 def _add_namespace_args(p: argparse.ArgumentParser) -> None:
@@ -237,6 +311,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         "analyze": _cmd_analyze,
         "counters": _cmd_counters,
         "watch": _cmd_watch,
+        "history": _cmd_history,
     }
     try:
         return commands[args.command](args, out, err)
@@ -344,6 +419,7 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rsthound.config import load_config
     from rsthound.report import alerts as view
     from rsthound.report.jsonout import line
+    from rsthound.sinks.history import Recorder, default_path
     from rsthound.sinks.notify import Poster
     from rsthound.sources.procfs import CounterReader
 
@@ -366,9 +442,12 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     active: dict[str, object] = {}
     with CounterReader(args.proc_root, args.netns) as reader:
         alerter = Alerter(cfg.rules, cfg.baselines)
+        db = None if args.no_history else args.db or default_path(args.netns)
         say(f"watching {reader.label} every {interval:g} s with {len(cfg.rules)} rules and "
             f"{len(cfg.baselines)} baseline(s) from {cfg.source}"
-            + (f", for {args.duration:g} s" if args.duration else ""))
+            + (f", for {args.duration:g} s" if args.duration else "")
+            + (f"; history in {db}" if db else "; no history"))
+        history = Recorder(db, reader.identity(), say) if db else None
         seen_problems: set[str] = set()
         start = time.monotonic()
         tick = start
@@ -379,8 +458,12 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 if p not in seen_problems:
                     seen_problems.add(p)
                     say(f"damaged: {p}")
+            if history:
+                history.sample(sample.mono, sample.wall, sample.values)
             for e in alerter.observe(sample.mono, sample.wall, sample.values):
                 obj = view.event_obj(e, host, reader.label)
+                if history:
+                    history.event(sample.mono, e, obj)
                 out.write(line(obj) if args.json else view.render_event(e, host))
                 out.flush()
                 if e.event == "alert":
@@ -401,8 +484,40 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 break
             if stop.wait(max(0.0, tick - time.monotonic())):
                 break
+    if history:
+        history.close()
     if poster:
         poster.close()
+    return Exit.OK
+
+
+def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import shutil
+    import time
+
+    from rsthound.metrics import BY_NAME
+    from rsthound.report import history as view
+    from rsthound.report.jsonout import line
+    from rsthound.sinks.history import History, default_path
+
+    until = args.until if args.until is not None else time.time()
+    since = args.since
+    if since >= until:
+        err.write("rsthound history: --since must be before --until\n")
+        return Exit.ERROR
+    path = args.db or default_path(args.netns)
+    metric = BY_NAME[args.metric]
+    label = f"netns {args.netns}" if args.netns else "this host"
+    with History(path) as store:
+        lo, hi = round(since * 1000), round(until * 1000)
+        points = store.series(metric.name, lo, hi)
+        events = [e for e in store.events(lo, hi) if e.get("metric") == metric.name]
+    if args.json:
+        out.write(line(view.history_obj(metric, label, path, since, until, points, events)))
+    else:
+        width = min(200, shutil.get_terminal_size((80, 24)).columns)
+        out.write(view.render_history(metric, metric.short, label, since, until, points,
+                                      events, width))
     return Exit.OK
 
 

@@ -124,6 +124,21 @@ class CounterReader:
             return None
         return (st.st_dev, st.st_ino)
 
+    def identity(self) -> str:
+        """Which counters these are: the boot and the namespace, as "BOOT_ID/DEV:INODE".
+
+        Equal identities mean the counters went on counting in between; "" when unknown.
+        """
+        root = self.proc_root
+        ns = self._ns_path or (f"{root}/self/ns/net" if root == "/proc" else f"{root}/1/ns/net")
+        try:
+            with open(f"{root}/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+            st = os.stat(ns)
+        except OSError:
+            return ""
+        return f"{boot}/{st.st_dev}:{st.st_ino}"
+
     def read(self) -> CounterSample:
         """One sample. BadInput when the namespace is gone; damaged lines go to problems."""
         if self._ns_path is not None and self._identity() != self._ns_id:

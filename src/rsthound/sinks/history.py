@@ -1,0 +1,352 @@
+"""The history of counter increases and alerts, in one SQLite file.
+
+Each watched interval becomes a row: `tier`, `t` its start (Unix ms), `covered` the
+milliseconds it covers, and one column per counter of `metrics` with how much it grew (NULL
+where the kernel lacks the counter). A rate is `n / covered`; an interval nobody watched is
+simply missing. SQLite stores a 0 in no bytes, so a quiet row is small.
+
+Three tiers keep a year small: tier 0 every interval for an hour, tier 1 one row per minute
+for 8 days, tier 2 one row per hour for 400 days. Each interval row is rolled up exactly once:
+rows with `t` before `rolled1` are already in tier 1, tier-1 rows before `rolled2` in tier 2.
+Those marks only move forward, and rows never start before the end of the previous one, so
+a row can neither be missed nor counted twice, even after a crash.
+
+Every interval is one transaction in WAL mode, so `kill -9` loses at most the interval being
+written. The last counter values are kept too: a restart in the same boot and network
+namespace records the increase over the time nobody watched as one long row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rsthound.analyze.alerts import Event
+from rsthound.analyze.rates import increase
+from rsthound.errors import BadInput
+from rsthound.metrics import BY_NAME
+from rsthound.report.timefmt import seconds
+
+SCHEMA_VERSION = 1
+TIERS = (  # (width of a row in ms, or 0 for "one interval"; how long rows are kept, ms)
+    (0, 3600_000),
+    (60_000, 8 * 86400_000),
+    (3600_000, 400 * 86400_000),
+)
+ALERTS_KEPT_MS = 400 * 86400_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS points (
+    tier INTEGER NOT NULL, t INTEGER NOT NULL, covered INTEGER NOT NULL,
+    PRIMARY KEY (tier, t)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    t INTEGER NOT NULL, event TEXT NOT NULL, rule TEXT NOT NULL, level TEXT NOT NULL,
+    metric TEXT NOT NULL, rate REAL NOT NULL, started INTEGER NOT NULL, obj TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS alerts_t ON alerts (t);
+"""
+
+
+def default_path(netns: str | None = None) -> str:
+    """systemd's $STATE_DIRECTORY (StateDirectory=), else /var/lib/rsthound as root, else the
+    XDG state directory; one file per namespace."""
+    if os.environ.get("STATE_DIRECTORY"):
+        base = os.environ["STATE_DIRECTORY"].split(":")[0]
+    elif os.geteuid() == 0:
+        base = "/var/lib/rsthound"
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        base = os.path.join(state, "rsthound")
+    name = "history.db"
+    if netns:
+        name = "history-netns-" + "".join(c if c.isalnum() or c in "-_." else "_"
+                                          for c in netns) + ".db"
+    return os.path.join(base, name)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One stored row: `n` increases over `covered_ms`, starting at `t_ms`."""
+
+    t_ms: int
+    covered_ms: int
+    n: int
+
+
+class History:
+    """One history file, opened for writing (`watch`) or reading (`history`)."""
+
+    def __init__(self, path: str, write: bool = False) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+        if write:
+            parent = os.path.dirname(path) or "."
+            try:
+                os.makedirs(parent, mode=0o750, exist_ok=True)
+            except OSError as e:
+                raise BadInput(f"cannot create its folder: {e.strerror}", path) from None
+        elif not os.path.exists(path):
+            raise BadInput("no history here yet: 'rsthound watch' writes it (or give --db)",
+                           path)
+        try:
+            uri = f"file:{path}" + ("" if write else "?mode=ro")
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            if write:
+                self._lock()
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.executescript(_SCHEMA)
+                self._check_version()
+            self._meta = dict(self.db.execute("SELECT key, value FROM meta"))
+            self.columns = [r[1] for r in self.db.execute("PRAGMA table_info(points)")][3:]
+            if write:
+                for name in BY_NAME:
+                    if name not in self.columns:
+                        self.db.execute(f"ALTER TABLE points ADD COLUMN {_q(name)} INTEGER")
+                        self.columns.append(name)
+                self._prepare()
+        except sqlite3.Error as e:
+            self.close()
+            raise BadInput(f"not a usable history file: {e}", path) from None
+        self.rolled = [0, int(self._meta.get("rolled1", 0)), int(self._meta.get("rolled2", 0))]
+        self.end_ms = int(self._meta.get("end", 0))
+
+    def _prepare(self) -> None:
+        """The statements that add rows: into a row with the same key, amounts add up."""
+        cols = ", ".join(_q(c) for c in self.columns)
+        merge = ", ".join(f"{c} = coalesce({c} + excluded.{c}, {c}, excluded.{c})"
+                          for c in map(_q, ["covered", *self.columns]))
+        self._insert = (f"INSERT INTO points (tier, t, covered, {cols}) VALUES "
+                        f"({', '.join('?' * (len(self.columns) + 3))}) "
+                        f"ON CONFLICT DO UPDATE SET {merge}")
+        sums = ", ".join(f"sum({_q(c)})" for c in self.columns)
+        self._rollup = (f"INSERT INTO points (tier, t, covered, {cols}) SELECT ?, t - t % ?, "
+                        f"sum(covered), {sums} FROM points WHERE tier = ? AND t >= ? AND t < ? "
+                        f"GROUP BY 2 ON CONFLICT DO UPDATE SET {merge}")
+
+    def _lock(self) -> None:
+        """One writer per file: a second `watch` on it would interleave rows."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BadInput("another 'rsthound watch' is writing this history (give this one "
+                           "its own --db)", self.path) from None
+        self._lock_fd = fd
+
+    def _check_version(self) -> None:
+        got = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if got is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(got[0]) > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"written by a newer rsthound (schema {got[0]})")
+
+    def close(self) -> None:
+        if getattr(self, "db", None) is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def resume(self, source: str, wall: float, values: dict[str, int]) -> float | None:
+        """The first sample of a run. If the last run watched the same `source` (a boot and
+        namespace identity) and ended before `wall`, store what grew since then as one row and
+        return when that was; else None."""
+        last = json.loads(self._meta.get("last", "null"))
+        if not last or last.get("source") != source or not source or last["wall"] >= wall:
+            self._save_last(source, wall, values)
+            return None
+        incs = {k: increase(v, values[k]) for k, v in last["values"].items() if k in values}
+        self.add(source, last["wall"], wall, values, incs)
+        return float(last["wall"])
+
+    def add(self, source: str, start: float, end: float, values: dict[str, int],
+            increases: dict[str, int]) -> None:
+        """Store one interval [start, end) (wall seconds), its counters' increases and the
+        values at its end, in one transaction."""
+        t = max(round(start * 1000), self.end_ms)  # a clock stepped back: keep rows in order
+        covered = max(0, round(end * 1000) - round(start * 1000))
+        row = (0, t, covered, *(increases.get(c) for c in self.columns))
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(self._insert, row)
+            self.end_ms = max(self.end_ms, t + covered)
+            self._set("end", str(self.end_ms))
+            self._save_last(source, end, values)
+            self._roll(t)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._meta = dict(db.execute("SELECT key, value FROM meta"))
+            self.rolled = [0, int(self._meta.get("rolled1", 0)),
+                           int(self._meta.get("rolled2", 0))]
+            self.end_ms = int(self._meta.get("end", 0))
+            raise
+
+    def add_event(self, e: Event, obj: dict[str, object]) -> None:
+        """Store an alert or clear event, with its JSON object as `watch --json` prints it."""
+        self.db.execute("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (round(e.ts * 1000), e.event, e.rule, e.level, e.metric, e.rate,
+                         round(e.started * 1000), json.dumps(obj, separators=(",", ":"))))
+
+    def _save_last(self, source: str, wall: float, values: dict[str, int]) -> None:
+        self._set("last", json.dumps({"source": source, "wall": wall, "values": values},
+                                     separators=(",", ":")))
+
+    def _set(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._meta[key] = value
+
+    def _roll(self, now_ms: int) -> None:
+        """Roll finished minutes into tier 1 and finished hours into tier 2; drop old rows."""
+        db = self.db
+        rolled = False
+        for tier in (1, 2):
+            width = TIERS[tier][0]
+            cut = now_ms - now_ms % width
+            if cut <= self.rolled[tier]:
+                break
+            db.execute(self._rollup, (tier, width, tier - 1, self.rolled[tier], cut))
+            self.rolled[tier] = cut
+            self._set(f"rolled{tier}", str(cut))
+            rolled = True
+        if rolled:  # rows not yet rolled up are kept, however old
+            for tier, (_, keep) in enumerate(TIERS):
+                limit = now_ms - keep if tier == 2 else min(now_ms - keep, self.rolled[tier + 1])
+                db.execute("DELETE FROM points WHERE tier = ? AND t < ?", (tier, limit))
+            db.execute("DELETE FROM alerts WHERE t < ?", (now_ms - ALERTS_KEPT_MS,))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def series(self, metric: str, since_ms: int, until_ms: int) -> list[Point]:
+        """The finest rows there are for [since, until), oldest first, without overlaps.
+
+        Tier 0 serves from b1 on, tier 1 from b2 to b1, tier 2 before b2: each boundary lies
+        on the coarser tier's row edges, where that tier is complete, and where the finer
+        tier has all its rows.
+        """
+        first = [self.db.execute("SELECT min(t) FROM points WHERE tier = ?", (tier,))
+                 .fetchone()[0] for tier in (0, 1)]
+        minute, hour = TIERS[1][0], TIERS[2][0]
+        b1 = min(self.rolled[1], _ceil(first[0], minute))
+        b2 = min(self.rolled[2], _ceil(first[1], hour), b1 - b1 % hour)
+        column = _q(metric) if metric in self.columns else "NULL"
+        out: list[Point] = []
+        for tier, lower, upper in ((2, since_ms, b2), (1, b2, b1), (0, b1, until_ms)):
+            lower, upper = max(lower, since_ms), min(upper, until_ms)
+            if lower < upper:
+                out += [Point(*row) for row in self.db.execute(
+                    f"SELECT t, covered, {column} FROM points WHERE tier = ? AND t >= ? "
+                    f"AND t < ? AND {column} IS NOT NULL ORDER BY t", (tier, lower, upper))]
+        return out
+
+    def events(self, since_ms: int, until_ms: int) -> list[dict[str, object]]:
+        """Alert and clear events in [since, until), after the alerts still open at `since`."""
+        open_at_since: dict[str, dict[str, object]] = {}
+        out: list[dict[str, object]] = []
+        for t, event, rule, obj in self.db.execute(
+                "SELECT t, event, rule, obj FROM alerts WHERE t < ? ORDER BY t", (until_ms,)):
+            if t >= since_ms:
+                out.append(json.loads(obj))
+            elif event == "alert":
+                open_at_since[rule] = json.loads(obj)
+            else:
+                open_at_since.pop(rule, None)
+        return list(open_at_since.values()) + out
+
+    def span(self) -> tuple[int, int] | None:
+        """First and last millisecond of stored data, if any."""
+        lo = self.db.execute("SELECT min(t) FROM points").fetchone()[0]
+        return None if lo is None else (lo, self.end_ms)
+
+
+def _q(name: str) -> str:
+    """A column name, quoted for SQL ("Tcp.AttemptFails" has a dot)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _ceil(t: int | None, width: int) -> int:
+    """`t` rounded up to a multiple of `width`; no rows at all: no limit."""
+    return 1 << 62 if t is None else -(-t // width) * width
+
+
+class Recorder:
+    """`watch`'s link to its history. A failing store never stops the alerts: it says so
+    once, drops the store, and tries it again every `retry` seconds."""
+
+    def __init__(self, path: str, source: str, say: Callable[[str], None],
+                 retry: float = 60.0) -> None:
+        self.path, self.source, self.say, self.retry = path, source, say, retry
+        self.store: History | None = None
+        self._prev: tuple[float, dict[str, int]] | None = None
+        self._next_try = 0.0
+        self._failed = False
+
+    def sample(self, mono: float, wall: float, values: dict[str, int]) -> None:
+        """Store the interval since the previous sample (the counters of `metrics` only)."""
+        values = {k: v for k, v in values.items() if k in BY_NAME}
+        if self.store is None and mono >= self._next_try:
+            self._open(mono)
+        if self.store is not None:
+            try:
+                if self._prev is None:
+                    since = self.store.resume(self.source, wall, values)
+                    if since is not None:
+                        self.say(f"history: {self.path}: filled in the {seconds(wall - since)} "
+                                 "since the last run from the counters")
+                else:
+                    prev_wall, prev = self._prev
+                    incs = {k: increase(prev[k], v) for k, v in values.items() if k in prev}
+                    self.store.add(self.source, prev_wall, wall, values, incs)
+            except (sqlite3.Error, OSError) as e:
+                self._fail(mono, str(e))
+        self._prev = None if self.store is None else (wall, values)
+
+    def event(self, mono: float, e: Event, obj: dict[str, object]) -> None:
+        if self.store is not None:
+            try:
+                self.store.add_event(e, obj)
+            except (sqlite3.Error, OSError) as err:
+                self._fail(mono, str(err))
+
+    def _open(self, mono: float) -> None:
+        try:
+            self.store = History(self.path, write=True)
+        except BadInput as e:
+            self._fail(mono, e.reason)
+            return
+        if self._failed:
+            self.say(f"history: writing {self.path} again")
+        self._failed = False
+
+    def _fail(self, mono: float, why: str) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self._next_try = mono + self.retry
+        if not self._failed:
+            self.say(f"history: cannot write {self.path}: {why}; alerts go on without "
+                     f"history, trying again every {self.retry:g} s")
+        self._failed = True
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
