@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # command:package pairs for what the tests and the product call
 DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
 
-.PHONY: run test setup debs lint bench captures clean
+.PHONY: run test setup debs lint bench bench-watch captures clean
 
 run: setup
 	$(BIN)/rsthound analyze tests/data/refused.pcap
@@ -47,6 +47,10 @@ lint: setup
 # the benchmark against tcpdump and tshark (see bench/README.md)
 bench: setup
 	$(BIN)/python bench/run_analyze.py --rsthound $(BIN)/rsthound
+
+# what watch costs over 10 minutes, beside nstat once a second (see bench/README.md)
+bench-watch: setup
+	$(BIN)/python bench/run_watch.py --rsthound $(BIN)/rsthound
 
 # re-make the golden captures in tests/data (root; network namespaces)
 captures: setup

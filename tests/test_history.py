@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -58,8 +59,9 @@ def test_roll_ups_keep_every_count_once(tmp_path):
         points = h.series(FAILS, 0, round(NOW * MS) + MS)
         assert total(points) == (sum(n for _, n in got), len(got) * 5 * MS)
         assert all(a.t_ms + a.covered_ms <= b.t_ms for a, b in itertools.pairwise(points))
-        # rows still an interval long where the hour of tier 0 is, minutes or hours before
-        assert points[-1].covered_ms == 5 * MS and points[0].covered_ms > 60 * MS
+        # rows an interval long for the last hour, minutes before (kept for 8 days)
+        assert points[-1].span_ms == 5 * MS and points[0].span_ms == 60 * MS
+        assert {p.span_ms for p in points} == {5 * MS, 60 * MS}
         for lo, hi in [(NOW - 3 * 3600, NOW - 3600), (NOW - 7200, NOW), (NOW - 600, NOW)]:
             want = sum(n for t, n in got if lo <= t < hi)
             assert total(h.series(FAILS, round(lo * MS), round(hi * MS)))[0] == want, (lo, hi)
@@ -85,6 +87,8 @@ def test_a_year_fits_in_a_few_megabytes(tmp_path):
     assert rows[0] <= 3601 and rows[1] <= 8 * 1440 + 1 and rows[2] <= 400 * 24
     assert path.stat().st_size < 3_000_000, path.stat().st_size
     assert points[0].t_ms < (NOW - 360 * 86400) * MS  # a year back, still there
+    assert [p.span_ms for p in (points[0], points[-4000], points[-1])] == [3600 * MS, 60 * MS,
+                                                                         MS]
 
 
 def test_restart_fills_the_gap_from_the_counters(tmp_path):
@@ -152,7 +156,7 @@ def test_a_failing_store_is_said_once_and_retried(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     said: list[str] = []
-    rec = Recorder(str(blocker / "h.db"), "s", said.append, retry=10)
+    rec = Recorder(str(blocker / "h.db"), "s", "this host", said.append, retry=10)
     for i in range(5):
         rec.sample(float(i), NOW + i, {FAILS: i})
     assert len(said) == 1 and "cannot write" in said[0] and "alerts go on" in said[0]
@@ -260,3 +264,37 @@ def _wait_rows(db: str, n: int) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"watch wrote no rows to {db}")
+
+
+@pytest.mark.kernel
+def test_watch_keeps_alerting_when_the_store_fails(netns, tmp_path):
+    """The history's file system fills up under a running watch: one line says so, and the
+    alert for refusals still comes."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        db = str(mnt / "h.db")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        watch = subprocess.Popen(
+            netns.argv(sys.executable, "-m", "rsthound", "watch", "--interval", "0.5",
+                       "--duration", "6", "--db", db, "--json"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        _wait_rows(db, 1)
+        with open(mnt / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        client = netns.start("import socket, time\n"
+                             "for _ in range(10):\n"
+                             "    s = socket.socket()\n"
+                             "    try: s.connect(('127.0.0.1', 7211))\n"
+                             "    except OSError: pass\n"
+                             "    s.close(); time.sleep(0.4)\n")
+        out, err = watch.communicate(timeout=30)
+        client.wait(timeout=10)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    assert watch.returncode == 0, err
+    said = [ln for ln in err.splitlines() if "history:" in ln]
+    assert len(said) == 1 and "cannot write" in said[0] and "alerts go on" in said[0], err
+    assert '"event":"alert"' in out and "failed-connections" in out, out

@@ -170,6 +170,12 @@ def test_refusals_alert_then_clear(cli, netns, receiver):
     am = [b for p, b in got if p == "/api/v2/alerts"]
     assert am[0][0]["labels"]["alertname"] == "RstHound_failed_connections"
     assert "endsAt" in am[-1][0] and am[0][0]["labels"]["severity"] == "warn"
+    # the history, where a service's $STATE_DIRECTORY says, has the refusals and the alert
+    # (the first knock may come before watch's first sample)
+    h = cli("history", "--netns", netns, "--since", "1m", "--json")
+    assert h.code == 0, h.err
+    assert sum(p["increase"] for p in h.json()["points"]) in (7, 8)
+    assert [e["event"] for e in h.json()["alerts"]] == ["alert", "clear"]
 
 
 @pytest.mark.kernel

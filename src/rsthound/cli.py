@@ -447,7 +447,7 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"{len(cfg.baselines)} baseline(s) from {cfg.source}"
             + (f", for {args.duration:g} s" if args.duration else "")
             + (f"; history in {db}" if db else "; no history"))
-        history = Recorder(db, reader.identity(), say) if db else None
+        history = Recorder(db, reader.identity(), reader.label, say) if db else None
         seen_problems: set[str] = set()
         start = time.monotonic()
         tick = start
@@ -507,8 +507,8 @@ def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return Exit.ERROR
     path = args.db or default_path(args.netns)
     metric = BY_NAME[args.metric]
-    label = f"netns {args.netns}" if args.netns else "this host"
     with History(path) as store:
+        label = store.label or (f"netns {args.netns}" if args.netns else "this host")
         lo, hi = round(since * 1000), round(until * 1000)
         points = store.series(metric.name, lo, hi)
         events = [e for e in store.events(lo, hi) if e.get("metric") == metric.name]

@@ -33,21 +33,22 @@ class Column:
 
 
 def columns(points: list[Point], since: float, until: float, count: int) -> list[Column]:
-    """Spread each stored row evenly over the time it covers, into `count` equal columns."""
+    """Spread each stored row evenly over the time it stands for, into `count` equal columns
+    (a minute row watched for 30 s: its count and its 30 s over the whole minute)."""
     cols = [Column() for _ in range(count)]
     step = (until - since) / count
     for p in points:
-        start, length = p.t_ms / 1000, p.covered_ms / 1000
-        if length <= 0:
+        start, length = p.t_ms / 1000, p.span_ms / 1000
+        if p.covered_ms <= 0:
             continue
         first = max(0, int((start - since) // step))
         last = min(count - 1, int((start + length - since) // step))
         for i in range(first, last + 1):
             lo, hi = since + i * step, since + (i + 1) * step
-            part = min(hi, start + length) - max(lo, start)
+            part = (min(hi, start + length) - max(lo, start)) / length
             if part > 0:
-                cols[i].n += p.n * part / length
-                cols[i].covered += part
+                cols[i].n += p.n * part
+                cols[i].covered += p.covered_ms / 1000 * part
     return cols
 
 

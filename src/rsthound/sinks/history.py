@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from rsthound.analyze.alerts import Event
 from rsthound.analyze.rates import increase
-from rsthound.errors import BadInput
+from rsthound.errors import BadInput, NeedPrivilege
 from rsthound.metrics import BY_NAME
 from rsthound.report.timefmt import seconds
 
@@ -71,11 +71,17 @@ def default_path(netns: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One stored row: `n` increases over `covered_ms`, starting at `t_ms`."""
+    """One stored row: `n` increases over `covered_ms` watched, in the `span_ms` from `t_ms`
+    (an interval, or a minute or an hour that may have been watched only in part)."""
 
     t_ms: int
     covered_ms: int
     n: int
+    span_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.span_ms < self.covered_ms:
+            object.__setattr__(self, "span_ms", self.covered_ms)
 
 
 class History:
@@ -90,9 +96,15 @@ class History:
                 os.makedirs(parent, mode=0o750, exist_ok=True)
             except OSError as e:
                 raise BadInput(f"cannot create its folder: {e.strerror}", path) from None
-        elif not os.path.exists(path):
-            raise BadInput("no history here yet: 'rsthound watch' writes it (or give --db)",
-                           path)
+        else:
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                raise BadInput("no history here yet: 'rsthound watch' writes it (or give "
+                               "--db)", path) from None
+            except PermissionError:
+                raise NeedPrivilege(f"{path}: permission denied; run as root, or as the "
+                                    "user that runs 'rsthound watch'") from None
         try:
             uri = f"file:{path}" + ("" if write else "?mode=ro")
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
@@ -140,6 +152,16 @@ class History:
             raise BadInput("another 'rsthound watch' is writing this history (give this one "
                            "its own --db)", self.path) from None
         self._lock_fd = fd
+
+    @property
+    def label(self) -> str:
+        """What was watched: "this host", "netns blue"."""
+        return self._meta.get("label", "")
+
+    @label.setter
+    def label(self, text: str) -> None:
+        if text != self.label:
+            self._set("label", text)
 
     def _check_version(self) -> None:
         got = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -241,22 +263,36 @@ class History:
 
         Tier 0 serves from b1 on, tier 1 from b2 to b1, tier 2 before b2: each boundary lies
         on the coarser tier's row edges, where that tier is complete, and where the finer
-        tier has all its rows.
+        tier has all its rows from then on.
         """
-        first = [self.db.execute("SELECT min(t) FROM points WHERE tier = ?", (tier,))
-                 .fetchone()[0] for tier in (0, 1)]
-        minute, hour = TIERS[1][0], TIERS[2][0]
-        b1 = min(self.rolled[1], _ceil(first[0], minute))
-        b2 = min(self.rolled[2], _ceil(first[1], hour), b1 - b1 % hour)
+        b1 = self._edge(0, self.rolled[1])
+        b2 = min(self._edge(1, self.rolled[2]), b1 - b1 % TIERS[2][0])
         column = _q(metric) if metric in self.columns else "NULL"
         out: list[Point] = []
         for tier, lower, upper in ((2, since_ms, b2), (1, b2, b1), (0, b1, until_ms)):
             lower, upper = max(lower, since_ms), min(upper, until_ms)
             if lower < upper:
-                out += [Point(*row) for row in self.db.execute(
+                out += [Point(*row, TIERS[tier][0]) for row in self.db.execute(
                     f"SELECT t, covered, {column} FROM points WHERE tier = ? AND t >= ? "
                     f"AND t < ? AND {column} IS NOT NULL ORDER BY t", (tier, lower, upper))]
         return out
+
+    def _edge(self, tier: int, rolled: int) -> int:
+        """Where `tier` takes over from the next coarser one: at the start of the coarser row
+        its first row falls in, if it holds all that coarser row holds; else one row later."""
+        width = TIERS[tier + 1][0]
+        first = self.db.execute("SELECT min(t) FROM points WHERE tier = ?",
+                                (tier,)).fetchone()[0]
+        if first is None:
+            return rolled
+        edge = first - first % width
+        fine, coarse = self.db.execute(
+            "SELECT sum(covered * (tier = ?)), sum(covered * (tier = ?)) FROM points "
+            "WHERE tier IN (?, ?) AND t >= ? AND t < ?",
+            (tier, tier + 1, tier, tier + 1, edge, edge + width)).fetchone()
+        if (coarse or 0) > (fine or 0):
+            edge += width
+        return min(rolled, edge)
 
     def events(self, since_ms: int, until_ms: int) -> list[dict[str, object]]:
         """Alert and clear events in [since, until), after the alerts still open at `since`."""
@@ -283,18 +319,14 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _ceil(t: int | None, width: int) -> int:
-    """`t` rounded up to a multiple of `width`; no rows at all: no limit."""
-    return 1 << 62 if t is None else -(-t // width) * width
-
-
 class Recorder:
     """`watch`'s link to its history. A failing store never stops the alerts: it says so
     once, drops the store, and tries it again every `retry` seconds."""
 
-    def __init__(self, path: str, source: str, say: Callable[[str], None],
+    def __init__(self, path: str, source: str, label: str, say: Callable[[str], None],
                  retry: float = 60.0) -> None:
-        self.path, self.source, self.say, self.retry = path, source, say, retry
+        self.path, self.source, self.label, self.say = path, source, label, say
+        self.retry = retry
         self.store: History | None = None
         self._prev: tuple[float, dict[str, int]] | None = None
         self._next_try = 0.0
@@ -330,8 +362,9 @@ class Recorder:
     def _open(self, mono: float) -> None:
         try:
             self.store = History(self.path, write=True)
-        except BadInput as e:
-            self._fail(mono, e.reason)
+            self.store.label = self.label
+        except (BadInput, sqlite3.Error) as e:
+            self._fail(mono, e.reason if isinstance(e, BadInput) else str(e))
             return
         if self._failed:
             self.say(f"history: writing {self.path} again")
