@@ -7,7 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # command:package pairs for what the tests and the product call
-DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
+DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2 \
+          prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd
 
 .PHONY: run test setup debs lint bench bench-watch captures clean
 

@@ -247,3 +247,63 @@ for _ in range({n}):
     threading.Thread(target=knock).start()
     time.sleep({gap})
 """
+
+
+@pytest.mark.kernel
+def test_real_alertmanager_gets_the_alert_and_its_resolution(netns, tmp_path):
+    """Debian's prometheus-alertmanager takes watch's alert (labels, annotations) while
+    refusals go on, and holds it as resolved once they stop."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    am = shutil.which("prometheus-alertmanager")
+    if am is None:
+        pytest.skip("needs prometheus-alertmanager (make test installs it as root)")
+    (tmp_path / "am.yml").write_text("route:\n  receiver: none\nreceivers:\n  - name: none\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [am, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def alerts() -> list[dict]:
+        with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=2) as r:
+            return [a for a in json.load(r) if a["labels"].get("rule") == "failed-connections"]
+
+    try:
+        for _ in range(100):
+            try:
+                alerts()
+                break
+            except OSError:
+                time.sleep(0.1)
+        client = netns.start(_KNOCK.format(port=7211, n=10, gap=0.5))
+        watch = subprocess.Popen(  # outside the namespace, where Alertmanager listens
+            [sys.executable, "-m", "rsthound", "watch", "--netns", netns, "--interval", "0.5",
+             "--duration", "9", "--host", "box", "--no-history", "--alertmanager", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        held = []
+        for _ in range(80):
+            held = alerts()
+            if held:
+                break
+            time.sleep(0.1)
+        assert held, "Alertmanager never had the alert"
+        a = held[0]
+        assert a["labels"]["alertname"] == "RstHound_failed_connections"
+        assert a["labels"]["severity"] == "warn" and a["labels"]["host"] == "box"
+        assert a["labels"]["netns"] == f"netns {netns}"
+        assert "refused" in a["annotations"]["summary"] and a["status"]["state"] == "active"
+        _, err = watch.communicate(timeout=30)
+        client.wait(timeout=10)
+        assert watch.returncode == 0, err
+        assert alerts() == []  # resolved: endsAt has passed, so no longer listed
+    finally:
+        server.kill()
+        server.wait()
