@@ -458,12 +458,9 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 if p not in seen_problems:
                     seen_problems.add(p)
                     say(f"damaged: {p}")
-            if history:
-                history.sample(sample.mono, sample.wall, sample.values)
-            for e in alerter.observe(sample.mono, sample.wall, sample.values):
-                obj = view.event_obj(e, host, reader.label)
-                if history:
-                    history.event(sample.mono, e, obj)
+            events = [(e, view.event_obj(e, host, reader.label))
+                      for e in alerter.observe(sample.mono, sample.wall, sample.values)]
+            for e, obj in events:
                 out.write(line(obj) if args.json else view.render_event(e, host))
                 out.flush()
                 if e.event == "alert":
@@ -474,6 +471,10 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     poster.post(webhook, obj)
                 if poster and manager:
                     poster.post(manager, [view.alertmanager_obj(e, host, reader.label)])
+            if history:  # after the alerts are out: a slow disk must not delay them
+                history.sample(sample.mono, sample.wall, sample.values)
+                for e, obj in events:
+                    history.event(sample.mono, e, obj)
             if poster and manager and active and sample.mono - last_resend >= 60:
                 # Alertmanager resolves an alert it has not heard of for a while
                 last_resend = sample.mono

@@ -126,6 +126,9 @@ class History:
         except sqlite3.Error as e:
             self.close()
             raise BadInput(f"not a usable history file: {e}", path) from None
+        except OSError as e:
+            self.close()
+            raise BadInput(f"cannot open it: {e.strerror}", path) from None
         self.rolled = [0, int(self._meta.get("rolled1", 0)), int(self._meta.get("rolled2", 0))]
         self.end_ms = int(self._meta.get("end", 0))
 
@@ -201,7 +204,7 @@ class History:
     def add(self, source: str, start: float, end: float, values: dict[str, int],
             increases: dict[str, int]) -> None:
         """Store one interval [start, end) (wall seconds), its counters' increases and the
-        values at its end, in one transaction."""
+        values at its end, in one transaction. After an error, open the file again."""
         t = max(round(start * 1000), self.end_ms)  # a clock stepped back: keep rows in order
         covered = max(0, round(end * 1000) - round(start * 1000))
         row = (0, t, covered, *(increases.get(c) for c in self.columns))
@@ -214,13 +217,9 @@ class History:
             self._save_last(source, end, values)
             self._roll(t)
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException:  # nothing of it is stored; the caller drops this object
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            self._meta = dict(db.execute("SELECT key, value FROM meta"))
-            self.rolled = [0, int(self._meta.get("rolled1", 0)),
-                           int(self._meta.get("rolled2", 0))]
-            self.end_ms = int(self._meta.get("end", 0))
             raise
 
     def add_event(self, e: Event, obj: dict[str, object]) -> None:
@@ -307,11 +306,6 @@ class History:
             else:
                 open_at_since.pop(rule, None)
         return list(open_at_since.values()) + out
-
-    def span(self) -> tuple[int, int] | None:
-        """First and last millisecond of stored data, if any."""
-        lo = self.db.execute("SELECT min(t) FROM points").fetchone()[0]
-        return None if lo is None else (lo, self.end_ms)
 
 
 def _q(name: str) -> str:
