@@ -79,6 +79,9 @@ A level fires after 2 samples in a row (1 for overflows) over the last 3 interva
 clears after 3 samples below half the warn level. Sampling once a second costs well
 under 1% of a core.
 
+History (see 'rsthound history'): every interval and every alert go to a SQLite file,
+kept for 400 days in a few MB; if it cannot be written, watch says so once and goes on.
+
 exit status: 0 stopped (--duration, Ctrl-C, SIGTERM); 2 error.
 """
 
@@ -250,11 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=HISTORY_EPILOG,
     )
-    h.add_argument("--since", type=_when_arg, default="1h",
+    h.add_argument("--since", type=_when_arg, default="1h", metavar="WHEN",
                    help="from when: 30m, 6h, 7d ago, or a time (ISO 8601, Unix seconds); "
                    "default 1h")
-    h.add_argument("--until", type=_when_arg, help="until when (default: now)")
-    h.add_argument("--metric", type=_metric_arg, default="Tcp.AttemptFails",
+    h.add_argument("--until", type=_when_arg, metavar="WHEN", help="until when (default: now)")
+    h.add_argument("--metric", type=_metric_arg, default="Tcp.AttemptFails", metavar="NAME",
                    help="the counter, by its kernel name (default Tcp.AttemptFails; "
                    "'rsthound counters' lists them)")
     h.add_argument("--json", action="store_true", help="one object: the rows and the alerts")
