@@ -86,6 +86,24 @@ exit status: 0 stopped (--duration, Ctrl-C, SIGTERM); 2 error.
 """
 
 
+CAPTURE_EPILOG = """\
+examples:
+  rsthound capture                        every interface, loopback included
+  rsthound capture port 7211              tcpdump's filter syntax
+  rsthound capture -i eth0 -c 20 --json   20 events from eth0, as JSON lines
+  rsthound capture --duration 60 -w rst.pcap --summary
+                                          a minute; keep the packets; a summary at the end
+
+Only SYN, FIN and RST segments reach rsthound (a BPF filter in the kernel), so a busy
+host costs little. One line per reset (its kind: refused, abort, after-close, stray,
+injected?) and per connection whose SYNs went unanswered (timeout). On exit, the
+packet counts, and the kernel's drops, as tcpdump prints them.
+
+exit status: 0 stopped (-c, --duration, Ctrl-C, SIGTERM); 2 error (no privilege, no
+such interface, a bad filter).
+"""
+
+
 HISTORY_EPILOG = """\
 examples:
   rsthound history                          failed connections, the last hour
@@ -245,6 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_namespace_args(w)
     w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    cap = sub.add_parser(
+        "capture",
+        help="resets and failed connections in live traffic, every interface",
+        description="Resets and failed connections in live traffic, classified as they "
+        "come,\non every interface (loopback included) unless told otherwise.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=CAPTURE_EPILOG,
+    )
+    cap.add_argument("expression", nargs="*", metavar="EXPRESSION",
+                     help="a tcpdump filter expression (port 7211, host 10.0.0.5, ...)")
+    cap.add_argument("-i", "--interface", default="any", metavar="IFACE",
+                     help="the interface (default any: all of them, loopback included)")
+    cap.add_argument("-c", "--count", type=int, metavar="N",
+                     help="stop after N resets or failed connections")
+    cap.add_argument("--duration", type=_seconds_arg, help="stop after this many seconds")
+    cap.add_argument("-w", "--write", metavar="FILE",
+                     help="also write the packets rsthound sees to a pcap file")
+    cap.add_argument("-s", "--snaplen", type=int, default=256, metavar="BYTES",
+                     help="bytes kept of each packet (default 256: all headers)")
+    cap.add_argument("--json", action="store_true", help="one JSON object per event")
+    cap.add_argument("--summary", action="store_true",
+                     help="a summary of the failing services at the end")
+    cap.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     h = sub.add_parser(
         "history",
         help="a counter's rate over time, with the alerts, from watch's history",
@@ -315,6 +357,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         "counters": _cmd_counters,
         "watch": _cmd_watch,
         "history": _cmd_history,
+        "capture": _cmd_capture,
     }
     try:
         return commands[args.command](args, out, err)
@@ -492,6 +535,70 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         history.close()
     if poster:
         poster.close()
+    return Exit.OK
+
+
+def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import signal
+    import threading
+    import time
+
+    from rsthound.analyze.session import Analysis
+    from rsthound.model import Conn, Reset, ResetKind
+    from rsthound.report import jsonout, text
+    from rsthound.sources.live import LiveCapture
+
+    expression = " ".join(args.expression) or None
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    reported = 0
+
+    def report(obj_line: str) -> None:
+        nonlocal reported
+        out.write(obj_line)
+        out.flush()
+        reported += 1
+        if args.count and reported >= args.count:
+            stop.set()
+
+    def on_reset(r: Reset) -> None:
+        if not stop.is_set():
+            report(jsonout.line(jsonout.reset_obj(r)) if args.json
+                   else text.render_reset(r) + "\n")
+
+    def on_conn(c: Conn) -> None:
+        if c.failure is ResetKind.TIMEOUT and not stop.is_set():
+            report(jsonout.line(jsonout.failure_obj(c)) if args.json
+                   else text.render_failure(c) + "\n")
+
+    with LiveCapture(args.interface, expression, args.snaplen, write=args.write) as live:
+        analysis = Analysis(on_conn=on_conn, on_reset=on_reset, ifname=live.ifname)
+        where = "every interface" if args.interface == "any" else args.interface
+        err.write(f"rsthound: capturing on {where}, SYN/FIN/RST only"
+                  + (f", and {expression}" if expression else "")
+                  + (f", for {args.duration:g} s" if args.duration else "")
+                  + (f", writing {args.write}" if args.write else "") + "; Ctrl-C stops\n")
+        err.flush()
+        end = time.monotonic() + args.duration if args.duration else None
+
+        def should_stop() -> bool:
+            return stop.is_set() or (end is not None and time.monotonic() >= end)
+
+        for batch in live.batches(should_stop):
+            if len(batch):
+                analysis.feed(batch)
+            analysis.table.expire_unanswered(time.time())
+        if not stop.is_set():
+            analysis.table.close()  # what was still open: timeouts among them
+        stats = live.stats()
+    summary = analysis.finish([f"live capture on {where}"])
+    if args.summary and not args.json:
+        out.write(text.render_summary(summary, command="capture"))
+    err.write(f"rsthound: {stats.captured} packets captured, {stats.received} received by "
+              f"filter, {stats.dropped} dropped by kernel, {stats.ifdropped} dropped by "
+              "interface\n")
     return Exit.OK
 
 

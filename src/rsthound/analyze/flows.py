@@ -313,6 +313,16 @@ class FlowTable:
         for f in stale:
             self._finish(f)
 
+    def expire_unanswered(self, now: float) -> None:
+        """Live capture: finish connections whose SYN went unanswered for `timeout_after`
+        seconds, so that a timeout is told while the client still retries."""
+        if now > self.now:
+            self.now = now
+        stale = [f for f in self.flows.values()
+                 if f.resp.pkts == 0 and f.orig.syns > 1 and now - f.start >= self.timeout_after]
+        for f in stale:
+            self._finish(f)
+
     def _evict(self) -> None:
         """Over the cap: finish the least recently seen tenth of the table."""
         victims = sorted(self.flows.values(), key=lambda f: f.last)[: max(1, self.max_conns // 10)]

@@ -96,9 +96,12 @@ class Analysis:
         on_conn: Callable[[Conn], None] | None = None,
         on_reset: Callable[[Reset], None] | None = None,
         max_conns: int = 200_000,
+        ifname: Callable[[int], str | None] | None = None,
     ) -> None:
         """`on_conn` given: connections are reported whole (packet and byte counts, full
-        history); without it only the summary is wanted, and the tracker can skip more."""
+        history); without it only the summary is wanted, and the tracker can skip more.
+        `ifname`: this host's name for an interface index (live capture only)."""
+        self.ifname = ifname
         self.summary = Summary()
         self.stats = DecodeStats()
         self.selection = selection or Selection()
@@ -124,7 +127,14 @@ class Analysis:
         s = self.summary
         s.first_ts = min(s.first_ts, p.first_ts)
         s.last_ts = max(s.last_ts, p.last_ts)
-        self.table.apply(p.plan, lambda iface, ifindex: interface_label(p.names, iface, ifindex))
+        ifname = self.ifname
+
+        def label(iface: int, ifindex: int) -> str | None:
+            if ifname is not None and ifindex >= 0:
+                return ifname(ifindex) or f"ifindex {ifindex}"
+            return interface_label(p.names, iface, ifindex)
+
+        self.table.apply(p.plan, label)
 
     def finish(self, files: list[str]) -> Summary:
         self.table.close()

@@ -126,5 +126,15 @@ def reset_obj(r: Reset) -> dict[str, Any]:
     }
 
 
+def failure_obj(c: Conn) -> dict[str, Any]:
+    """A connection that failed without a reset, in the shape of `reset_obj`."""
+    return {
+        "ts": _ts(c.ts), "src": c.orig_h, "sport": c.orig_p, "dst": c.resp_h,
+        "dport": c.resp_p, "kind": str(c.failure), "sent_by": None, "syns": c.syn_retrans + 1,
+        "seconds": round(c.duration, 6), "iface": c.iface, "uid": c.uid,
+        "why": "SYNs went unanswered",
+    }
+
+
 def line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":")) + "\n"

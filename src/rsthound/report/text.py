@@ -13,10 +13,10 @@ SPARK = " ▁▂▃▄▅▆▇█"
 WIDTH = 80
 
 
-def render_summary(s: Summary, top: int = 10) -> str:
+def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
     lines: list[str] = []
     names = ", ".join(s.files)
-    lines.append(f"rsthound analyze: {names}")
+    lines.append(f"rsthound {command}: {names}")
     if not s.packets:
         lines.append("no packets")
         lines.extend(_damage_lines(s))
@@ -145,6 +145,16 @@ def render_reset(r: Reset) -> str:
         f"Flags [{flag_text(r.flags)}], seq {r.seq}, ack {r.ack}, ttl {r.ttl}  "
         f"{r.kind.value} by {'client' if r.sent_by == 'orig' else 'server'}"
     )
+
+
+def render_failure(c: Conn) -> str:
+    """A connection that failed without a reset (its SYNs went unanswered), as one line."""
+    ip = "IP6" if ":" in c.orig_h else "IP"
+    where = f"{c.iface} " if c.iface else ""
+    syns = c.syn_retrans + 1
+    return (f"{clock(c.ts, micros=True)} {where}{ip} {_ep(c.orig_h, c.orig_p)} > "
+            f"{_ep(c.resp_h, c.resp_p)}: {syns} SYN{'s' if syns > 1 else ''} in "
+            f"{c.duration:.1f} s, no answer  {c.failure}")
 
 
 CONN_HEADER = (

@@ -1,0 +1,127 @@
+"""`rsthound capture`: live traffic in network namespaces of our own, read by libpcap."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import Netns
+
+pytestmark = pytest.mark.kernel
+
+CLIENT = """
+import socket, sys, time
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+for i in range(int(sys.argv[3])):
+    s = socket.socket(fam)
+    if sys.argv[4] == 'nonblock':
+        s.setblocking(False)
+        try: s.connect((sys.argv[1], int(sys.argv[2])))
+        except BlockingIOError: pass
+        time.sleep(0.05)
+    else:
+        try: s.connect((sys.argv[1], int(sys.argv[2])))
+        except OSError: pass
+    s.close()
+    time.sleep(0.1)
+"""
+
+
+def capture(ns: Netns, *argv: str) -> subprocess.Popen:
+    """`rsthound capture` inside the namespace, started once it says it is capturing."""
+    p = subprocess.Popen(ns.argv(sys.executable, "-m", "rsthound", "capture", *argv),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    line = p.stderr.readline()
+    assert "capturing on" in line, line + p.stderr.read()
+    return p
+
+
+def client(ns: Netns, host: str, port: int, n: int, mode: str = "sync") -> None:
+    subprocess.run(ns.argv(sys.executable, "-c", CLIENT, host, str(port), str(n), mode),
+                   check=True, timeout=30)
+
+
+@pytest.mark.parametrize(("host", "mode"), [("127.0.0.1", "sync"), ("::1", "sync"),
+                                            ("127.0.0.1", "nonblock"), ("::1", "nonblock")])
+def test_any_sees_loopback_refusals(netns, host, mode):
+    cap = capture(netns, "--json", "-c", "3")
+    client(netns, host, 7211, 3, mode)
+    out, err = cap.communicate(timeout=30)
+    assert cap.returncode == 0, err
+    got = [json.loads(ln) for ln in out.splitlines()]
+    assert [(g["kind"], g["iface"], g["src"], g["sport"], g["dport"] == 7211) for g in got] == [
+        ("refused", "lo", host, 7211, False)] * 3
+    assert "3 packets captured" not in err and "packets captured" in err
+    assert "0 dropped by kernel" in err
+
+
+def test_filter_expression_and_write_read_back(netns, tmp_path):
+    if shutil.which("tcpdump") is None:
+        pytest.skip("needs tcpdump (make test installs it as root)")
+    out_file = tmp_path / "cap.pcap"
+    cap = capture(netns, "-w", str(out_file), "--duration", "3", "port", "7211")
+    client(netns, "127.0.0.1", 7211, 4)
+    client(netns, "127.0.0.1", 7299, 2)  # not on the port asked for
+    out, err = cap.communicate(timeout=30)
+    assert cap.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 4 and all("refused by server" in ln and " lo IP " in ln
+                                   for ln in lines), out
+    assert "8 packets captured" in err  # SYN and RST of each
+    r = subprocess.run(["tcpdump", "-nr", str(out_file)], capture_output=True, text=True)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 8, r.stderr
+    a = subprocess.run([sys.executable, "-m", "rsthound", "analyze", "--resets", "--json",
+                        str(out_file)], capture_output=True, text=True)
+    kinds = [json.loads(ln)["kind"] for ln in a.stdout.splitlines()]
+    assert kinds == ["refused"] * 4, a.stderr
+
+
+def test_unanswered_syns_are_timeouts(netns):
+    subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",
+                    "echo 2 > /proc/sys/net/ipv4/tcp_syn_retries"], check=True)
+    if shutil.which("nft") is None:
+        pytest.skip("needs nft (make test installs nftables as root)")
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "add table inet t; "
+                    "add chain inet t in { type filter hook input priority 0; }; "
+                    "add rule inet t in tcp dport 7400 tcp flags syn drop"], check=True)
+    cap = capture(netns, "--json", "-c", "1", "--duration", "20")
+    client(netns, "127.0.0.1", 7400, 1)
+    out, err = cap.communicate(timeout=30)
+    got = [json.loads(ln) for ln in out.splitlines()]
+    assert len(got) == 1 and got[0]["kind"] == "timeout" and got[0]["dport"] == 7400, err
+    assert got[0]["syns"] >= 2
+
+
+def test_bad_filter_and_bad_interface_are_one_line(netns):
+    for argv, said in ((["port", "seventy"], "not a filter expression"),
+                       (["-i", "nosuch0"], "no such interface")):
+        r = subprocess.run(netns.argv(sys.executable, "-m", "rsthound", "capture", *argv),
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and said in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_without_cap_net_raw_one_line(netns):
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    r = subprocess.run(netns.argv("setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw",
+                                  sys.executable, "-m", "rsthound", "capture",
+                                  "--duration", "1"),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "CAP_NET_RAW" in r.stderr, r.stderr
+
+
+def test_summary_at_the_end(netns):
+    cap = capture(netns, "--summary", "--duration", "2.5")
+    client(netns, "127.0.0.1", 7211, 5)
+    out, _ = cap.communicate(timeout=30)
+    assert "rsthound capture: live capture on every interface" in out
+    assert "127.0.0.1:7211" in out and time.time()
