@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--json", action="store_true", help="one JSON object per event")
     cap.add_argument("--summary", action="store_true",
                      help="a summary of the failing services at the end")
+    cap.add_argument("--no-trace", action="store_true",
+                     help="do not name processes (no kernel tracing through tracefs)")
     cap.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     h = sub.add_parser(
@@ -539,6 +541,7 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import collections
     import signal
     import threading
     import time
@@ -553,46 +556,80 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+    tracer = None if args.no_trace else _start_tracer(err)
+    # events wait a moment before they are told: the trace of the same connect may still
+    # be on its way (it names the process)
+    delay = 0.3 if tracer is not None else 0.0
+    pending: collections.deque[tuple[float, Reset | Conn]] = collections.deque()
     reported = 0
 
-    def report(obj_line: str) -> None:
+    def tell(ev: Reset | Conn) -> None:
         nonlocal reported
-        out.write(obj_line)
+        if args.count and reported >= args.count:
+            return
+        proc = reason = None
+        if isinstance(ev, Reset):
+            obj = jsonout.reset_obj(ev)
+            line = text.render_reset(ev)
+            if tracer is not None:
+                proc = tracer.process(ev.dport, ev.sport) or tracer.process(ev.sport, ev.dport)
+                reason = tracer.reason(ev.src, ev.sport, ev.dst, ev.dport)
+        else:
+            obj = jsonout.failure_obj(ev)
+            line = text.render_failure(ev)
+            if tracer is not None:
+                proc = tracer.process(ev.orig_p, ev.resp_p)
+        obj["reason"] = reason
+        obj["process"] = proc.obj() if proc else None
+        if reason:
+            line += f"  reason {reason}"
+        if proc:
+            line += f"  connect by {proc.text()}"
+        out.write(jsonout.line(obj) if args.json else line + "\n")
         out.flush()
         reported += 1
         if args.count and reported >= args.count:
             stop.set()
 
+    def flush(now: float) -> None:
+        while pending and pending[0][0] <= now:
+            tell(pending.popleft()[1])
+
     def on_reset(r: Reset) -> None:
-        if not stop.is_set():
-            report(jsonout.line(jsonout.reset_obj(r)) if args.json
-                   else text.render_reset(r) + "\n")
+        pending.append((time.monotonic() + delay, r))
 
     def on_conn(c: Conn) -> None:
-        if c.failure is ResetKind.TIMEOUT and not stop.is_set():
-            report(jsonout.line(jsonout.failure_obj(c)) if args.json
-                   else text.render_failure(c) + "\n")
+        if c.failure is ResetKind.TIMEOUT:
+            pending.append((time.monotonic() + delay, c))
 
-    with LiveCapture(args.interface, expression, args.snaplen, write=args.write) as live:
-        analysis = Analysis(on_conn=on_conn, on_reset=on_reset, ifname=live.ifname)
-        where = "every interface" if args.interface == "any" else args.interface
-        err.write(f"rsthound: capturing on {where}, SYN/FIN/RST only"
-                  + (f", and {expression}" if expression else "")
-                  + (f", for {args.duration:g} s" if args.duration else "")
-                  + (f", writing {args.write}" if args.write else "") + "; Ctrl-C stops\n")
-        err.flush()
-        end = time.monotonic() + args.duration if args.duration else None
+    try:
+        with LiveCapture(args.interface, expression, args.snaplen, write=args.write) as live:
+            analysis = Analysis(on_conn=on_conn, on_reset=on_reset, ifname=live.ifname)
+            where = "every interface" if args.interface == "any" else args.interface
+            err.write(f"rsthound: capturing on {where}, SYN/FIN/RST only"
+                      + (f", and {expression}" if expression else "")
+                      + (f", for {args.duration:g} s" if args.duration else "")
+                      + (f", writing {args.write}" if args.write else "") + "; Ctrl-C stops\n")
+            err.flush()
+            end = time.monotonic() + args.duration if args.duration else None
 
-        def should_stop() -> bool:
-            return stop.is_set() or (end is not None and time.monotonic() >= end)
+            def should_stop() -> bool:
+                return stop.is_set() or (end is not None and time.monotonic() >= end)
 
-        for batch in live.batches(should_stop):
-            if len(batch):
-                analysis.feed(batch)
-            analysis.table.expire_unanswered(time.time())
-        if not stop.is_set():
-            analysis.table.close()  # what was still open: timeouts among them
-        stats = live.stats()
+            for batch in live.batches(should_stop):
+                if len(batch):
+                    analysis.feed(batch)
+                analysis.table.expire_unanswered(time.time())
+                flush(time.monotonic())
+            if not stop.is_set():
+                analysis.table.close()  # what was still open: timeouts among them
+            stats = live.stats()
+        if pending and delay:
+            time.sleep(delay)
+        flush(float("inf"))
+    finally:
+        if tracer is not None:
+            tracer.close()
     summary = analysis.finish([f"live capture on {where}"])
     if args.summary and not args.json:
         out.write(text.render_summary(summary, command="capture"))
@@ -600,6 +637,18 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
               f"filter, {stats.dropped} dropped by kernel, {stats.ifdropped} dropped by "
               "interface\n")
     return Exit.OK
+
+
+def _start_tracer(err: TextIO) -> object | None:
+    """The tracefs reader that names processes; None (said once) where it cannot run."""
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.tracefs import Tracer
+
+    try:
+        return Tracer()
+    except (RstHoundError, OSError) as e:
+        err.write(f"rsthound: no process names: {e}; capture goes on without them\n")
+        return None
 
 
 def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -1,0 +1,296 @@
+"""The process behind each connect, and the kernel's reason for each reset, from tracefs.
+
+Two private instances under tracefs `instances/` (the global buffer is never touched):
+
+- `rsthound-PID-conn`, with the `fields` option so that events show the socket address:
+  `sock:inet_sock_set_state` CLOSE -> SYN_SENT runs inside connect(), in the caller's
+  context, and ties the socket to the process; the socket's later events (leaving SYN_SENT,
+  `tcp:tcp_retransmit_skb` of its SYN) carry its ports, which the captured packets have too.
+- `rsthound-PID-rst`, in the normal format: `tcp:tcp_send_reset` with its addresses and,
+  on 6.10+ kernels, `reason=NO_SOCKET` and friends, printed by the kernel itself.
+
+Events are probed before use; the instances go on close, and instances of rsthound
+processes that are gone are removed at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import select
+import subprocess
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from rsthound.errors import NeedPrivilege, NotSupported
+
+MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+TCP_SYN_SENT, TCP_CLOSE = 2, 7
+KEEP = 4096  # sockets and port pairs remembered
+_LINE = re.compile(r"^\s*(.*)-(\d+)\s+\[\d+\]\s+\S+\s+[\d.]+: (\w+): (.*)$")
+_FIELD = re.compile(r"(\w+)=(0x[0-9a-f]+|\S+)")
+_ENDPOINT = re.compile(r"src=(\S+) dest=(\S+)")
+
+
+@dataclass(frozen=True)
+class Process:
+    """The local process behind a connection."""
+
+    pid: int
+    comm: str
+    cmdline: str
+    user: str | None
+    unit: str | None  # systemd unit, from the cgroup
+    container: str | None  # container id, from the cgroup
+    netns: int | None  # the process's network namespace (inode)
+
+    def obj(self) -> dict[str, Any]:
+        return {"pid": self.pid, "comm": self.comm, "cmdline": self.cmdline, "user": self.user,
+                "unit": self.unit, "container": self.container, "netns": self.netns}
+
+    def text(self) -> str:
+        where = f", {self.unit}" if self.unit else (
+            f", container {self.container[:12]}" if self.container else "")
+        return f"{self.comm} (pid {self.pid}{where})"
+
+
+def find_tracefs() -> str:
+    """Where tracefs is mounted; mounted at /sys/kernel/tracing first if it is not (root)."""
+    for m in MOUNTS:
+        if os.path.isdir(f"{m}/instances"):
+            return m
+    if os.path.isdir(MOUNTS[0]) and os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tracefs", "tracefs", MOUNTS[0]],
+                           capture_output=True, text=True)
+        if r.returncode == 0 and os.path.isdir(f"{MOUNTS[0]}/instances"):
+            return MOUNTS[0]
+    if os.geteuid() != 0:
+        raise NeedPrivilege("tracefs needs root (it names the process behind each connect)")
+    raise NotSupported("tracefs is not mounted and could not be ('mount -t tracefs tracefs "
+                       "/sys/kernel/tracing')")
+
+
+class Tracer:
+    """Reads both instances on a thread; `process()` and `reason()` answer from memory."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root or find_tracefs()
+        self._remove_stale()
+        events = f"{self.root}/events"
+        need = ["sock/inet_sock_set_state"]
+        missing = [e for e in need if not os.path.isdir(f"{events}/{e}")]
+        if missing:
+            raise NotSupported(f"this kernel has no {', '.join(missing)} trace event")
+        self.has_reason = _has_field(f"{events}/tcp/tcp_send_reset/format", "reason")
+        self._lock = threading.Lock()
+        self._socks: OrderedDict[str, Process] = OrderedDict()  # skaddr -> process
+        self._ports: OrderedDict[tuple[int, int], Process] = OrderedDict()
+        self._reasons: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._procs: dict[int, tuple[float, Process]] = {}
+        self.events = 0
+        self.instances: list[str] = []
+        try:
+            conn = self._instance("conn", fields=True)
+            self._enable(conn, "sock/inet_sock_set_state",
+                         f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == "
+                         f"{TCP_SYN_SENT}) || oldstate == {TCP_SYN_SENT})")
+            if os.path.isdir(f"{events}/tcp/tcp_retransmit_skb"):
+                self._enable(conn, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
+            pipes = [open(f"{conn}/trace_pipe", "rb", buffering=0)]  # noqa: SIM115
+            if os.path.isdir(f"{events}/tcp/tcp_send_reset"):
+                rst = self._instance("rst", fields=False)
+                self._enable(rst, "tcp/tcp_send_reset", None)
+                pipes.append(open(f"{rst}/trace_pipe", "rb", buffering=0))  # noqa: SIM115
+        except PermissionError:
+            self.close()
+            raise NeedPrivilege("tracefs needs root (it names the process behind each "
+                                "connect)") from None
+        except BaseException:
+            self.close()
+            raise
+        self._pipes = pipes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="rsthound-trace", daemon=True)
+        self._thread.start()
+
+    # -- setting up ------------------------------------------------------------------------
+    def _remove_stale(self) -> None:
+        base = f"{self.root}/instances"
+        for name in os.listdir(base):
+            m = re.fullmatch(r"rsthound-(\d+)-\w+", name)
+            if m and not os.path.exists(f"/proc/{m[1]}"):
+                _remove_instance(f"{base}/{name}")
+
+    def _instance(self, what: str, fields: bool) -> str:
+        path = f"{self.root}/instances/rsthound-{os.getpid()}-{what}"
+        os.mkdir(path)
+        self.instances.append(path)
+        if fields:
+            _write(f"{path}/options/fields", "1")
+        return path
+
+    @staticmethod
+    def _enable(instance: str, event: str, filt: str | None) -> None:
+        if filt:
+            _write(f"{instance}/events/{event}/filter", filt)
+        _write(f"{instance}/events/{event}/enable", "1")
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read(self) -> None:
+        rest = {p.fileno(): b"" for p in self._pipes}
+        poller = select.poll()
+        for p in self._pipes:
+            poller.register(p.fileno(), select.POLLIN)
+        while not self._stop.is_set():
+            for fd, _ in poller.poll(200):
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except OSError:
+                    return
+                *lines, rest[fd] = (rest[fd] + chunk).split(b"\n")
+                for line in lines:
+                    self._event(line.decode("ascii", "replace"))
+
+    def _event(self, line: str) -> None:
+        m = _LINE.match(line)
+        if not m:
+            return
+        comm, pid, name, body = m[1].strip(), int(m[2]), m[3], m[4]
+        self.events += 1
+        if name == "tcp_send_reset":
+            e = _ENDPOINT.search(body)
+            r = re.search(r"reason=(\w+)", body)
+            if e and r:
+                with self._lock:
+                    _remember(self._reasons, (e[1], e[2]), r[1])
+            return
+        f = {k: _number(v) for k, v in _FIELD.findall(body)}
+        sk = body.split("skaddr=", 1)[1].split(" ", 1)[0] if "skaddr=" in body else ""
+        if (name == "inet_sock_set_state" and f.get("oldstate") == TCP_CLOSE
+                and f.get("newstate") == TCP_SYN_SENT):  # inside connect(): the caller
+            proc = self._process(pid, comm)
+            with self._lock:
+                _remember(self._socks, sk, proc)
+            return
+        with self._lock:
+            proc = self._socks.get(sk)
+            if proc is not None and f.get("sport"):
+                _remember(self._ports, (int(f["sport"]), int(f.get("dport", 0))), proc)
+                if name == "inet_sock_set_state":  # left SYN_SENT: done with this socket
+                    self._socks.pop(sk, None)
+
+    def _process(self, pid: int, comm: str) -> Process:
+        now = time.monotonic()
+        got = self._procs.get(pid)
+        if got is not None and now - got[0] < 5:
+            return got[1]
+        proc = describe(pid, comm)
+        if len(self._procs) > KEEP:
+            self._procs.clear()
+        self._procs[pid] = (now, proc)
+        return proc
+
+    # -- answering -------------------------------------------------------------------------
+    def process(self, local_port: int, remote_port: int) -> Process | None:
+        """The process that connected from `local_port` to `remote_port`, if seen."""
+        with self._lock:
+            return self._ports.get((local_port, remote_port))
+
+    def reason(self, src: str, sport: int, dst: str, dport: int) -> str | None:
+        """The kernel's reason for a reset it sent from src:sport to dst:dport."""
+        with self._lock:
+            return self._reasons.get((_ep(src, sport), _ep(dst, dport)))
+
+    def close(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+            self._thread.join(timeout=2)
+        for p in getattr(self, "_pipes", []):
+            with contextlib.suppress(OSError):
+                p.close()
+        for path in self.instances:
+            _remove_instance(path)
+        self.instances = []
+
+
+def describe(pid: int, comm: str) -> Process:
+    """What /proc says of a process: its command line, user, unit or container."""
+    base = f"/proc/{pid}"
+    if comm.startswith("<"):  # "<...>": the trace had not recorded the name yet
+        with contextlib.suppress(OSError), open(f"{base}/comm") as f:
+            comm = f.read().strip()
+    cmdline = comm
+    user = unit = container = None
+    netns = None
+    with contextlib.suppress(OSError), open(f"{base}/cmdline", "rb") as f:
+        cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip() or comm
+    with contextlib.suppress(OSError, KeyError, ValueError):
+        uid = os.stat(base).st_uid
+        user = pwd.getpwuid(uid).pw_name
+    with contextlib.suppress(OSError):
+        netns = os.stat(f"{base}/ns/net").st_ino
+    with contextlib.suppress(OSError), open(f"{base}/cgroup") as f:
+        unit, container = cgroup_owner(f.read())
+    return Process(pid, comm, cmdline, user, unit, container, netns)
+
+
+def cgroup_owner(text: str) -> tuple[str | None, str | None]:
+    """(systemd unit, container id) from /proc/PID/cgroup.
+
+    >>> cgroup_owner("0::/system.slice/collector.service\\n")
+    ('collector.service', None)
+    >>> cgroup_owner("0::/system.slice/docker-" + "ab" * 32 + ".scope\\n")[1][:6]
+    'ababab'
+    """
+    path = text.strip().splitlines()[-1].split(":", 2)[-1] if text.strip() else ""
+    parts = [p for p in path.split("/") if p]
+    for p in reversed(parts):
+        m = re.search(r"([0-9a-f]{64})", p)
+        if m:
+            return None, m[1]
+    for p in reversed(parts):
+        if p.endswith((".service", ".scope")) and not p.startswith("session-"):
+            return p, None
+    return None, None
+
+
+def _ep(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _number(v: str) -> int | str:
+    try:
+        return int(v, 16) if v.startswith("0x") else int(v)
+    except ValueError:
+        return v
+
+
+def _remember(d: OrderedDict, key: object, value: object) -> None:
+    d[key] = value
+    d.move_to_end(key)
+    while len(d) > KEEP:
+        d.popitem(last=False)
+
+
+def _has_field(format_path: str, field: str) -> bool:
+    try:
+        with open(format_path) as f:
+            return re.search(rf"field:[^;]*\b{field};", f.read()) is not None
+    except OSError:
+        return False
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _remove_instance(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # the kernel tears the instance down, events and all
