@@ -104,6 +104,20 @@ such interface, a bad filter).
 """
 
 
+LISTENERS_EPILOG = """\
+examples:
+  rsthound listeners                 this host's listeners
+  rsthound listeners --netns blue    those of 'ip netns' namespace blue
+  rsthound listeners --json | jq 'select(.full)'
+
+QUEUE is how many connections wait for accept(); at BACKLOG the queue is full and new
+connections are dropped (FULL). DROPS counts what this listener dropped so far.
+Processes of other users are named only to root.
+
+exit status: 0 shown; 2 error.
+"""
+
+
 HISTORY_EPILOG = """\
 examples:
   rsthound history                          failed connections, the last hour
@@ -289,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not name processes (no kernel tracing through tracefs)")
     cap.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    li = sub.add_parser(
+        "listeners",
+        help="who listens where: accept queues, backlogs, drops, processes",
+        description="Listening TCP sockets with their accept queue, backlog, drops and "
+        "owning process\n(sock_diag netlink, as 'ss -ltnpm' shows them).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=LISTENERS_EPILOG,
+    )
+    li.add_argument("--json", action="store_true", help="one JSON object per listener")
+    li.add_argument("--netns", metavar="NAME|PID",
+                    help="another network namespace: a name from 'ip netns list', or a "
+                    "process id (needs root)")
+    li.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     h = sub.add_parser(
         "history",
         help="a counter's rate over time, with the alerts, from watch's history",
@@ -360,6 +388,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         "watch": _cmd_watch,
         "history": _cmd_history,
         "capture": _cmd_capture,
+        "listeners": _cmd_listeners,
     }
     try:
         return commands[args.command](args, out, err)
@@ -649,6 +678,22 @@ def _start_tracer(err: TextIO) -> object | None:
     except (RstHoundError, OSError) as e:
         err.write(f"rsthound: no process names: {e}; capture goes on without them\n")
         return None
+
+
+def _cmd_listeners(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import time
+
+    from rsthound.report.jsonout import line
+    from rsthound.report.listeners import listener_obj, render_listeners
+    from rsthound.sources.sockdiag import listeners
+
+    found, source = listeners(args.netns)
+    if args.json:
+        out.write("".join(line(listener_obj(x)) for x in found))
+    else:
+        label = f"netns {args.netns}" if args.netns else "this host"
+        out.write(render_listeners(found, label, source, time.time()))
+    return Exit.OK
 
 
 def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -13,7 +13,9 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rsthound.errors import BadInput, NeedPrivilege, NotSupported
 from rsthound.formats.procnet import parse_proc_net
@@ -21,6 +23,7 @@ from rsthound.formats.procnet import parse_proc_net
 FILES = ("snmp", "netstat")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,7 +65,7 @@ class CounterReader:
                 raise BadInput(f"no process {pid}, so no network namespace to read")
             self._open_in(f"{self.proc_root}/{pid}/net")
         else:
-            self._ns_path = netns if "/" in netns else f"{NETNS_DIR}/{netns}"
+            self._ns_path = netns_path(netns)
             self.label = f"netns {netns}"
             self._enter_and_open(self._ns_path)
         if self._ns_path is not None:
@@ -82,40 +85,7 @@ class CounterReader:
                                     "read it (root, or the process's owner)") from None
 
     def _enter_and_open(self, ns_path: str) -> None:
-        try:
-            ns_fd = os.open(ns_path, os.O_RDONLY)
-        except FileNotFoundError:
-            known = sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []
-            hint = f" (known: {', '.join(known)})" if known else " ('ip netns list' shows none)"
-            raise BadInput(f"no such network namespace{hint}", ns_path) from None
-        except PermissionError:
-            raise NeedPrivilege(f"{ns_path}: permission denied; entering a network namespace "
-                                "needs root (CAP_SYS_ADMIN)") from None
-        failure: list[BaseException] = []
-
-        def enter() -> None:
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.setns(ns_fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    if e == errno.EPERM:
-                        raise NeedPrivilege("entering a network namespace needs root "
-                                            "(CAP_SYS_ADMIN)")
-                    raise BadInput(f"not a network namespace ({os.strerror(e)})", ns_path)
-                self._open_in("/proc/thread-self/net")
-            except AttributeError:
-                failure.append(NotSupported("this system has no setns(); --netns needs Linux"))
-            except BaseException as e:  # handed to the caller's thread
-                failure.append(e)
-
-        try:
-            t = threading.Thread(target=enter, name="rsthound-netns")
-            t.start()
-            t.join()
-        finally:
-            os.close(ns_fd)
-        if failure:
-            raise failure[0]
+        in_netns(ns_path, lambda: self._open_in("/proc/thread-self/net"))
 
     def _identity(self) -> tuple[int, int] | None:
         try:
@@ -167,6 +137,54 @@ class CounterReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def netns_path(netns: str) -> str:
+    """A name from 'ip netns list', or a path to a namespace file."""
+    return netns if "/" in netns else f"{NETNS_DIR}/{netns}"
+
+
+def in_netns(ns_path: str, fn: Callable[[], T]) -> T:
+    """Run `fn` on a short-lived thread inside the network namespace at `ns_path`.
+
+    What it opens there (files under /proc/thread-self/net, sockets) keeps that namespace.
+    """
+    try:
+        ns_fd = os.open(ns_path, os.O_RDONLY)
+    except FileNotFoundError:
+        known = sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []
+        hint = f" (known: {', '.join(known)})" if known else " ('ip netns list' shows none)"
+        raise BadInput(f"no such network namespace{hint}", ns_path) from None
+    except PermissionError:
+        raise NeedPrivilege(f"{ns_path}: permission denied; entering a network namespace "
+                            "needs root (CAP_SYS_ADMIN)") from None
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(ns_fd, CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                if e == errno.EPERM:
+                    raise NeedPrivilege("entering a network namespace needs root "
+                                        "(CAP_SYS_ADMIN)")
+                raise BadInput(f"not a network namespace ({os.strerror(e)})", ns_path)
+            result.append(fn())
+        except AttributeError:
+            failure.append(NotSupported("this system has no setns(); --netns needs Linux"))
+        except BaseException as e:  # handed to the caller's thread
+            failure.append(e)
+
+    try:
+        t = threading.Thread(target=enter, name="rsthound-netns")
+        t.start()
+        t.join()
+    finally:
+        os.close(ns_fd)
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def _pread_all(fd: int) -> bytes:
