@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from rsthound.report.timefmt import stamp
@@ -22,10 +23,10 @@ def render_listeners(found: list[Listener], label: str, source: str, wall: float
     full = [x for x in found if x.full]
     if full:
         lines.append("")
-        lines.append(f"FULL: the accept queue is at its backlog; new connections to "
-                     f"{', '.join(x.endpoint for x in full)} are dropped (TcpExt.ListenOverflows)"
-                     " until the process calls accept() faster or listens with a larger "
-                     "backlog.")
+        lines += textwrap.wrap(
+            f"FULL: the accept queue is past its backlog, so new connections to "
+            f"{', '.join(x.endpoint for x in full)} are dropped (TcpExt.ListenOverflows) until "
+            "the process calls accept() faster or listens with a larger backlog.", 80)
     return "\n".join(lines) + "\n"
 
 

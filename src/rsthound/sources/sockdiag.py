@@ -46,7 +46,8 @@ class Listener:
 
     @property
     def full(self) -> bool:
-        return self.backlog is not None and self.queue >= self.backlog
+        """As the kernel decides (sk_acceptq_is_full): one more than the backlog waits."""
+        return self.backlog is not None and self.queue > self.backlog
 
     @property
     def endpoint(self) -> str:

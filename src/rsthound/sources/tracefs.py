@@ -54,9 +54,16 @@ class Process:
                 "unit": self.unit, "container": self.container, "netns": self.netns}
 
     def text(self) -> str:
+        """"python3 /opt/collector.py (pid 4312, collector.service)": the command line (its
+        program's base name, then its arguments) tells more than the name (python3, java),
+        so it comes first, cut at 40 characters."""
         where = f", {self.unit}" if self.unit else (
             f", container {self.container[:12]}" if self.container else "")
-        return f"{self.comm} (pid {self.pid}{where})"
+        argv = self.cmdline.split() or [self.comm]
+        cmd = " ".join([os.path.basename(argv[0]), *argv[1:]])
+        if len(cmd) > 40:
+            cmd = cmd[:39] + "…"
+        return f"{cmd} (pid {self.pid}{where})"
 
 
 def find_tracefs() -> str:
