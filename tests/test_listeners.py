@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -73,3 +74,41 @@ def test_missing_namespace_is_one_line(cli):
     r = cli("listeners", "--netns", "rh-no-such-ns")
     assert r.code == 2 and "no such network namespace" in r.err
     assert len(r.err.splitlines()) == 1
+
+
+def test_watch_keeps_who_listened_and_until_when(cli, netns, tmp_path):
+    """A server that was up before watch started, and one that comes and goes while watch
+    runs: `history --port` names each, and says when it stopped."""
+    db = str(tmp_path / "h.db")
+    early = start_server(netns, "127.0.0.1", 8080, 5)
+    try:
+        watch = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
+                                  "--interval", "0.2", "--duration", "4", "--db", db],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        late = start_server(netns, "127.0.0.1", 7211, 5)
+        time.sleep(1.0)
+        late.kill()
+        late.wait()
+        stopped_at = time.time()
+        _, err = watch.communicate(timeout=30)
+        assert watch.returncode == 0, err
+    finally:
+        early.kill()
+    r = cli("history", "--db", db, "--port", "7211", "--json")
+    assert r.code == 0, r.err
+    (row,) = r.json()["served"]
+    assert row["process"]["pid"] == late.pid and row["addr"] == "127.0.0.1"
+    assert row["seen_start"] and abs(_epoch(row["stopped"]) - stopped_at) < 1.0
+    text = cli("history", "--db", db, "--port", "7211").out
+    assert "nothing listens now" in text and "last served by python" in text
+    assert "nothing since" in text
+    (row,) = cli("history", "--db", db, "--port", "8080", "--json").json()["served"]
+    assert row["stopped"] is None and not row["seen_start"]  # up before watch looked
+    assert "when watch first looked" in cli("history", "--db", db, "--port", "8080").out
+
+
+def _epoch(iso: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(iso).timestamp()

@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from rsthound import __version__
 from rsthound.errors import BadInput, RstHoundError
@@ -125,6 +125,7 @@ examples:
   rsthound history --since 2026-11-22T10:50 --until 2026-11-22T11:10
   rsthound history --metric TcpExt.ListenOverflows --since 24h
   rsthound history --json --since 10m       the stored rows and alerts, as JSON
+  rsthound history --port 7211              who listened on 7211, and until when
 
 'rsthound watch' writes the history: every interval for the last hour, one row per
 minute for 8 days, one per hour for 400 days (a year takes a few MB).
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--metric", type=_metric_arg, default="Tcp.AttemptFails", metavar="NAME",
                    help="the counter, by its kernel name (default Tcp.AttemptFails; "
                    "'rsthound counters' lists them)")
+    h.add_argument("--port", type=_port_arg, metavar="PORT",
+                   help="instead: who listened on this port, and until when")
     h.add_argument("--json", action="store_true", help="one object: the rows and the alerts")
     _add_db_args(h, write=False)
     h.add_argument("--netns", metavar="NAME|PID",
@@ -525,6 +528,7 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             + (f", for {args.duration:g} s" if args.duration else "")
             + (f"; history in {db}" if db else "; no history"))
         history = Recorder(db, reader.identity(), reader.label, say) if db else None
+        sockets = _listener_reader(args.netns, say) if history else None
         seen_problems: set[str] = set()
         start = time.monotonic()
         tick = start
@@ -550,6 +554,8 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     poster.post(manager, [view.alertmanager_obj(e, host, reader.label)])
             if history:  # after the alerts are out: a slow disk must not delay them
                 history.sample(sample.mono, sample.wall, sample.values)
+                if sockets is not None:
+                    history.listeners(sample.mono, sample.wall, sockets.read())
                 for e, obj in events:
                     history.event(sample.mono, e, obj)
             if poster and manager and active and sample.mono - last_resend >= 60:
@@ -564,6 +570,8 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 break
     if history:
         history.close()
+    if sockets is not None:
+        sockets.close()
     if poster:
         poster.close()
     return Exit.OK
@@ -668,6 +676,18 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return Exit.OK
 
 
+def _listener_reader(netns: str | None, say: Callable[[str], None]) -> Any:
+    """watch's reader of listeners, for the listener history; None (said once) if none."""
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.sockdiag import ListenerReader
+
+    try:
+        return ListenerReader(netns)
+    except (RstHoundError, OSError) as e:
+        say(f"history: no listener history: {e}")
+        return None
+
+
 def _start_tracer(err: TextIO) -> object | None:
     """The tracefs reader that names processes; None (said once) where it cannot run."""
     from rsthound.errors import RstHoundError
@@ -712,6 +732,8 @@ def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return Exit.ERROR
     path = args.db or default_path(args.netns)
     metric = BY_NAME[args.metric]
+    if args.port is not None:
+        return _history_of_port(args, path, out)
     with History(path) as store:
         label = store.label or (f"netns {args.netns}" if args.netns else "this host")
         lo, hi = round(since * 1000), round(until * 1000)
@@ -723,6 +745,22 @@ def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         width = min(200, shutil.get_terminal_size((80, 24)).columns)
         out.write(view.render_history(metric, metric.short, label, since, until, points,
                                       events, width))
+    return Exit.OK
+
+
+def _history_of_port(args: argparse.Namespace, path: str, out: TextIO) -> int:
+    from rsthound.report.jsonout import line
+    from rsthound.report.served import render_served, served_obj
+    from rsthound.sinks.history import History
+    from rsthound.sources.portnames import port_name
+
+    with History(path) as store:
+        label = store.label or (f"netns {args.netns}" if args.netns else "this host")
+        rows = store.served(args.port)
+        as_of = store.end_ms / 1000
+    name = port_name(args.port)
+    out.write(line(served_obj(args.port, label, name, rows, as_of)) if args.json
+              else render_served(args.port, label, name, rows, as_of))
     return Exit.OK
 
 

@@ -25,12 +25,16 @@ import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rsthound.analyze.alerts import Event
 from rsthound.analyze.rates import increase
 from rsthound.errors import BadInput, NeedPrivilege
 from rsthound.metrics import BY_NAME
 from rsthound.report.timefmt import seconds
+
+if TYPE_CHECKING:
+    from rsthound.sources.sockdiag import Listener
 
 SCHEMA_VERSION = 1
 TIERS = (  # (width of a row in ms, or 0 for "one interval"; how long rows are kept, ms)
@@ -49,6 +53,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     t INTEGER NOT NULL, event TEXT NOT NULL, rule TEXT NOT NULL, level TEXT NOT NULL,
     metric TEXT NOT NULL, rate REAL NOT NULL, started INTEGER NOT NULL, obj TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_t ON alerts (t);
+CREATE TABLE IF NOT EXISTS listeners (
+    port INTEGER NOT NULL, addr TEXT NOT NULL, inode INTEGER NOT NULL,
+    started INTEGER NOT NULL, stopped INTEGER, process TEXT,
+    seen_start INTEGER NOT NULL);  -- 0: already listening when watch first looked
+CREATE INDEX IF NOT EXISTS listeners_port ON listeners (port, started);
 """
 
 
@@ -228,6 +237,32 @@ class History:
                         (round(e.ts * 1000), e.event, e.rule, e.level, e.metric, e.rate,
                          round(e.started * 1000), json.dumps(obj, separators=(",", ":"))))
 
+    def open_listeners(self) -> dict[int, int]:
+        """Listeners not yet seen stopping: socket inode -> row."""
+        return dict(self.db.execute(
+            "SELECT inode, rowid FROM listeners WHERE stopped IS NULL"))
+
+    def listener_started(self, wall: float, x: Listener, seen_start: bool = True) -> int:
+        obj = json.dumps(x.process.obj(), separators=(",", ":")) if x.process else None
+        cur = self.db.execute("INSERT INTO listeners VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                              (x.port, x.addr, x.inode, round(wall * 1000), obj,
+                               int(seen_start)))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def listener_stopped(self, wall_ms: int, row: int) -> None:
+        self.db.execute("UPDATE listeners SET stopped = ? WHERE rowid = ?", (wall_ms, row))
+
+    def served(self, port: int) -> list[dict[str, Any]]:
+        """Who listened on `port`, newest first: addr, started (or first seen, when not
+        `seen_start`), stopped (None: still, as far as the last run knew), process."""
+        rows = self.db.execute("SELECT addr, started, stopped, process, seen_start FROM "
+                               "listeners WHERE port = ? ORDER BY started DESC, rowid DESC",
+                               (port,))
+        return [{"addr": a, "started": t0 / 1000, "stopped": None if t1 is None else t1 / 1000,
+                 "process": json.loads(p) if p else None, "seen_start": bool(seen)}
+                for a, t0, t1, p, seen in rows]
+
     def _save_last(self, source: str, wall: float, values: dict[str, int]) -> None:
         self._set("last", json.dumps({"source": source, "wall": wall, "values": values},
                                      separators=(",", ":")))
@@ -254,6 +289,7 @@ class History:
                 limit = now_ms - keep if tier == 2 else min(now_ms - keep, self.rolled[tier + 1])
                 db.execute("DELETE FROM points WHERE tier = ? AND t < ?", (tier, limit))
             db.execute("DELETE FROM alerts WHERE t < ?", (now_ms - ALERTS_KEPT_MS,))
+            db.execute("DELETE FROM listeners WHERE stopped < ?", (now_ms - ALERTS_KEPT_MS,))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -325,6 +361,8 @@ class Recorder:
         self._prev: tuple[float, dict[str, int]] | None = None
         self._next_try = 0.0
         self._failed = False
+        self._listening: dict[int, int] | None = None  # inode -> row, while open
+        self._last_end = 0  # where the previous run's history ended (ms)
 
     def sample(self, mono: float, wall: float, values: dict[str, int]) -> None:
         """Store the interval since the previous sample (the counters of `metrics` only)."""
@@ -346,6 +384,33 @@ class Recorder:
                 self._fail(mono, str(e))
         self._prev = None if self.store is None else (wall, values)
 
+    def listeners(self, mono: float, wall: float, now: list[Listener]) -> None:
+        """Record which listeners started and stopped since the last look (owners are looked
+        up for new sockets only)."""
+        from rsthound.sources.sockdiag import owners_of
+
+        if self.store is None:
+            return
+        try:
+            first_look = self._listening is None
+            if self._listening is None:  # first look: close what the last run left open
+                self._listening = self.store.open_listeners()
+                alive = {x.inode for x in now}
+                for inode, row in list(self._listening.items()):
+                    if inode not in alive:  # stopped while nobody watched: by then at most
+                        self.store.listener_stopped(self._last_end, row)
+                        del self._listening[inode]
+            current = {x.inode: x for x in now}
+            new = [x for i, x in current.items() if i not in self._listening]
+            owners = owners_of({x.inode for x in new})
+            for x in new:
+                x.process = owners.get(x.inode)
+                self._listening[x.inode] = self.store.listener_started(wall, x, not first_look)
+            for inode in [i for i in self._listening if i not in current]:
+                self.store.listener_stopped(round(wall * 1000), self._listening.pop(inode))
+        except (sqlite3.Error, OSError) as e:
+            self._fail(mono, str(e))
+
     def event(self, mono: float, e: Event, obj: dict[str, object]) -> None:
         if self.store is not None:
             try:
@@ -357,6 +422,8 @@ class Recorder:
         try:
             self.store = History(self.path, write=True)
             self.store.label = self.label
+            self._last_end = self.store.end_ms
+            self._listening = None
         except (BadInput, sqlite3.Error) as e:
             self._fail(mono, e.reason if isinstance(e, BadInput) else str(e))
             return

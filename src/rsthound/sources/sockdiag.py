@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rsthound.errors import BadInput
+from rsthound.errors import BadInput, NotSupported
 from rsthound.sources.procfs import in_netns, netns_path
 from rsthound.sources.tracefs import Process, describe
 
@@ -57,36 +57,64 @@ class Listener:
 def listeners(netns: str | None = None) -> tuple[list[Listener], str]:
     """The listeners of this network namespace or of `netns` (a name or a pid), with their
     owners, and where they came from."""
-
-    def gather() -> tuple[list[Listener], str]:
-        try:
-            return _netlink(), "sock_diag"
-        except OSError:  # no netlink here (some sandboxes): the text files say less
-            return _proc("/proc/thread-self/net" if netns else "/proc/self/net"), "/proc"
-
-    if netns is None:
-        found, source = gather()
-    else:
-        path = f"/proc/{netns}/ns/net" if netns.isdigit() else netns_path(netns)
-        found, source = in_netns(path, gather)
+    with ListenerReader(netns) as reader:
+        found = reader.read()
     owners = owners_of({x.inode for x in found})
     for x in found:
         x.process = owners.get(x.inode)
-    found.sort(key=lambda x: (x.port, x.addr))
-    return found, source
+    return found, reader.source
 
 
-def _netlink() -> list[Listener]:
-    out: list[Listener] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as s:
-        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
-            req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP,
-                              1 << (INET_DIAG_SKMEMINFO - 1), 0, 1 << TCP_LISTEN)
-            req += bytes(48)  # inet_diag_sockid: any
-            s.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
-                               NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
-            out += _replies(s, family)
-    return out
+class ListenerReader:
+    """Reads one namespace's listeners again and again through one netlink socket (opened in
+    that namespace), or /proc/net/tcp where netlink is not available."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._sock: socket.socket | None = None
+
+        def open_here() -> None:
+            try:
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                           NETLINK_SOCK_DIAG)
+            except OSError as e:  # no netlink here (some sandboxes): the text files say less
+                if netns is not None:
+                    raise NotSupported(f"no sock_diag netlink here ({e.strerror}); --netns "
+                                       "needs it") from None
+
+        if netns is None:
+            open_here()
+        else:
+            in_netns(f"/proc/{netns}/ns/net" if netns.isdigit() else netns_path(netns),
+                     open_here)
+        self.source = "sock_diag" if self._sock is not None else "/proc/net/tcp"
+
+    def read(self) -> list[Listener]:
+        """The listeners now, sorted by port, without their owners (see owners_of)."""
+        if self._sock is not None:
+            found = []
+            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+                req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP,
+                                  1 << (INET_DIAG_SKMEMINFO - 1), 0, 1 << TCP_LISTEN)
+                req += bytes(48)  # inet_diag_sockid: any
+                self._sock.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
+                                            NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
+                found += _replies(self._sock, family)
+        else:
+            found = _proc("/proc/self/net")
+        found.sort(key=lambda x: (x.port, x.addr))
+        return found
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> ListenerReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _replies(s: socket.socket, family: int) -> Iterable[Listener]:

@@ -1,0 +1,49 @@
+"""What a port usually is: its name in /etc/services, and the systemd socket units that
+declare it (`ListenStream=`), so that a dead port says who should be there."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import re
+import socket
+from dataclasses import dataclass
+
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
+             "/usr/lib/systemd/system", "/lib/systemd/system")
+
+
+@dataclass(frozen=True)
+class PortName:
+    port: int
+    service: str | None  # /etc/services (tcp)
+    units: tuple[str, ...]  # socket units with ListenStream= on this port
+
+    def text(self) -> str:
+        parts = [f"'{self.service}' in /etc/services" if self.service
+                 else "no name in /etc/services"]
+        if self.units:
+            parts.append("declared by " + ", ".join(self.units))
+        return "; ".join(parts)
+
+
+def port_name(port: int, unit_dirs: tuple[str, ...] = UNIT_DIRS) -> PortName:
+    service = None
+    with contextlib.suppress(OSError):
+        service = socket.getservbyport(port, "tcp")
+    units = []
+    seen = set()
+    for d in unit_dirs:
+        for path in sorted(glob.glob(f"{d}/*.socket")):
+            name = path.rsplit("/", 1)[1]
+            if name in seen:
+                continue  # the first directory wins, as for systemd
+            seen.add(name)
+            with contextlib.suppress(OSError), open(path) as f:
+                for line in f:
+                    m = re.match(r"\s*ListenStream\s*=\s*(\S+)", line)
+                    if m and re.search(r"(?:^|:)(\d+)$", m[1]) and int(
+                            re.search(r"(\d+)$", m[1])[1]) == port:  # type: ignore[index]
+                        units.append(name)
+                        break
+    return PortName(port, service, tuple(units))
