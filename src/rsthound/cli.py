@@ -605,24 +605,24 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.count and reported >= args.count:
             return
         proc = reason = None
-        if isinstance(ev, Reset):
-            obj = jsonout.reset_obj(ev)
-            line = text.render_reset(ev)
-            if tracer is not None:
-                proc = tracer.process(ev.dport, ev.sport) or tracer.process(ev.sport, ev.dport)
-                reason = tracer.reason(ev.src, ev.sport, ev.dst, ev.dport)
+        is_reset = isinstance(ev, Reset)
+        if tracer is not None and is_reset:
+            proc = tracer.process(ev.dport, ev.sport) or tracer.process(ev.sport, ev.dport)
+            reason = tracer.reason(ev.src, ev.sport, ev.dst, ev.dport)
+        elif tracer is not None:
+            proc = tracer.process(ev.orig_p, ev.resp_p)
+        if args.json:
+            obj = jsonout.reset_obj(ev) if is_reset else jsonout.failure_obj(ev)
+            obj["reason"] = reason
+            obj["process"] = proc.obj() if proc else None
+            out.write(jsonout.line(obj))
         else:
-            obj = jsonout.failure_obj(ev)
-            line = text.render_failure(ev)
-            if tracer is not None:
-                proc = tracer.process(ev.orig_p, ev.resp_p)
-        obj["reason"] = reason
-        obj["process"] = proc.obj() if proc else None
-        if reason:
-            line += f"  reason {reason}"
-        if proc:
-            line += f"  connect by {proc.text()}"
-        out.write(jsonout.line(obj) if args.json else line + "\n")
+            line = text.render_reset(ev) if is_reset else text.render_failure(ev)
+            if reason:
+                line += f"  reason {reason}"
+            if proc:
+                line += f"  connect by {proc.text()}"
+            out.write(line + "\n")
         out.flush()
         reported += 1
         if args.count and reported >= args.count:
@@ -641,7 +641,8 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     try:
         with LiveCapture(args.interface, expression, args.snaplen, write=args.write) as live:
-            analysis = Analysis(on_conn=on_conn, on_reset=on_reset, ifname=live.ifname)
+            analysis = Analysis(on_conn=on_conn, on_reset=on_reset, ifname=live.ifname,
+                                summarize=args.summary)
             where = "every interface" if args.interface == "any" else args.interface
             err.write(f"rsthound: capturing on {where}, SYN/FIN/RST only"
                       + (f", and {expression}" if expression else "")

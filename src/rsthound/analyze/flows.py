@@ -136,6 +136,7 @@ class FlowTable:
         max_conns: int = 200_000,
         timeout_after: float = 3.0,
         counts: bool = True,
+        unanswered_only: bool = False,
     ) -> None:
         self.on_conn = on_conn
         self.on_reset = on_reset
@@ -146,6 +147,9 @@ class FlowTable:
         # counts=False: a summary needs states and resets, not packet and byte counts or
         # the first-ACK/first-data history letters, so `plan_batch` keeps far fewer packets.
         self.counts = counts
+        # live capture: resets are told as they come, so only connections that failed
+        # without one (unanswered SYNs) are worth a Conn record
+        self.unanswered_only = unanswered_only
         self.flows: dict[bytes, Flow] = {}
         self.evicted = 0
         self.now = 0.0
@@ -346,6 +350,8 @@ class FlowTable:
             failure = ResetKind.TIMEOUT
         if state == "REJ":
             failure = ResetKind.REFUSED
+        if self.unanswered_only and failure is not ResetKind.TIMEOUT:
+            return
         oh, op, rh, rp = flow.endpoints(self._addr)
         self.on_conn(Conn(
             # summary-only: connection records are never shown, so no uid is made for them

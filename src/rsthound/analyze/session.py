@@ -97,26 +97,32 @@ class Analysis:
         on_reset: Callable[[Reset], None] | None = None,
         max_conns: int = 200_000,
         ifname: Callable[[int], str | None] | None = None,
+        summarize: bool = True,
     ) -> None:
         """`on_conn` given: connections are reported whole (packet and byte counts, full
         history); without it only the summary is wanted, and the tracker can skip more.
-        `ifname`: this host's name for an interface index (live capture only)."""
+        `ifname`: this host's name for an interface index (live capture only).
+        `summarize` False: only the resets and the connections that failed without one are
+        wanted, through the callbacks (the summary stays empty)."""
         self.ifname = ifname
         self.summary = Summary()
         self.stats = DecodeStats()
         self.selection = selection or Selection()
         self._sum = Summarizer(self.summary)
         conn_cb, reset_cb = self._sum.conn, self._sum.reset
-        if on_conn is not None:
+        if not summarize:
+            conn_cb = on_conn or (lambda _c: None)
+            reset_cb = on_reset or (lambda _r: None)
+        elif on_conn is not None:
             def conn_cb(c: Conn) -> None:
                 self._sum.conn(c)
                 on_conn(c)
-        if on_reset is not None:
+        if summarize and on_reset is not None:
             def reset_cb(r: Reset) -> None:
                 self._sum.reset(r)
                 on_reset(r)
         self.table = FlowTable(conn_cb, reset_cb, max_conns=max_conns,
-                               counts=on_conn is not None)
+                               counts=on_conn is not None, unanswered_only=not summarize)
 
     def feed(self, batch: RecordBatch) -> Prepared:
         p = prepare(batch, self.selection, self.stats, self.table.counts)

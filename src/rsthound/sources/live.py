@@ -139,7 +139,7 @@ class LiveCapture:
                     # non-blocking: with TPACKET_V3 a blocking read never times out when
                     # nothing arrives, so wait on the descriptor with a timeout of our own
                     before = len(ts)
-                    self.pcap.dispatch(-1, take)
+                    self.pcap.dispatch(BATCH_MAX - before, take)  # bounded: batches stay small
                     if len(ts) > before:
                         continue
                     left = deadline - time.monotonic()

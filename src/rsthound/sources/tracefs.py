@@ -19,7 +19,6 @@ import contextlib
 import os
 import pwd
 import re
-import select
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from rsthound.errors import NeedPrivilege, NotSupported
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TCP_SYN_SENT, TCP_CLOSE = 2, 7
 KEEP = 4096  # sockets and port pairs remembered
+READ_EVERY = 0.05  # seconds between reads of the trace
 _LINE = re.compile(r"^\s*(.*)-(\d+)\s+\[\d+\]\s+\S+\s+[\d.]+: (\w+): (.*)$")
 _FIELD = re.compile(r"(\w+)=(0x[0-9a-f]+|\S+)")
 _ENDPOINT = re.compile(r"src=(\S+) dest=(\S+)")
@@ -103,9 +103,12 @@ class Tracer:
         self.instances: list[str] = []
         try:
             conn = self._instance("conn", fields=True)
+            # into SYN_SENT (inside connect()) and out of it to CLOSE (a failure): a
+            # connect that succeeds costs one line
             self._enable(conn, "sock/inet_sock_set_state",
                          f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == "
-                         f"{TCP_SYN_SENT}) || oldstate == {TCP_SYN_SENT})")
+                         f"{TCP_SYN_SENT}) || (oldstate == {TCP_SYN_SENT} && newstate == "
+                         f"{TCP_CLOSE}))")
             if os.path.isdir(f"{events}/tcp/tcp_retransmit_skb"):
                 self._enable(conn, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
             pipes = [open(f"{conn}/trace_pipe", "rb", buffering=0)]  # noqa: SIM115
@@ -149,19 +152,28 @@ class Tracer:
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self) -> None:
-        rest = {p.fileno(): b"" for p in self._pipes}
-        poller = select.poll()
+        """Read what the instances hold every READ_EVERY seconds, without blocking: a reader
+        blocked on trace_pipe makes the kernel wake it at each event, which costs the
+        traced program far more than recording the event does."""
         for p in self._pipes:
-            poller.register(p.fileno(), select.POLLIN)
-        while not self._stop.is_set():
-            for fd, _ in poller.poll(200):
-                try:
-                    chunk = os.read(fd, 1 << 16)
-                except OSError:
-                    return
-                *lines, rest[fd] = (rest[fd] + chunk).split(b"\n")
-                for line in lines:
-                    self._event(line.decode("ascii", "replace"))
+            os.set_blocking(p.fileno(), False)
+        rest = {p.fileno(): b"" for p in self._pipes}
+        while True:
+            for fd in rest:
+                while True:
+                    try:
+                        chunk = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        return
+                    if not chunk:
+                        break
+                    *lines, rest[fd] = (rest[fd] + chunk).split(b"\n")
+                    for line in lines:
+                        self._event(line.decode("ascii", "replace"))
+            if self._stop.wait(READ_EVERY):
+                return
 
     def _event(self, line: str) -> None:
         m = _LINE.match(line)
