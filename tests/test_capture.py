@@ -75,6 +75,7 @@ def test_any_sees_loopback_refusals(netns, host, mode):
     assert [(g["kind"], g["iface"], g["src"], g["sport"], g["dport"] == 7211) for g in got] == [
         ("refused", "lo", host, 7211, False)] * 3
     assert "packets captured" in err and "0 dropped by kernel" in err
+    assert "3 resets seen; this host's TCP sent 3 meanwhile (Tcp.OutRsts)" in err
     if "no process names" in err:
         pytest.skip(f"tracefs: {err.splitlines()[0]}")
     procs = [g["process"] for g in got]
@@ -191,3 +192,19 @@ def test_sigterm_and_stale_instances_are_cleaned_up(netns):
     _, err = cap.communicate(timeout=10)
     assert cap.returncode == 0 and "packets captured" in err
     assert not [i for i in os.listdir(f"{root}/instances") if i.startswith(f"rsthound-{cap.pid}")]
+
+
+def test_summary_on_a_terminal_is_a_live_table(netns):
+    if shutil.which("script") is None:
+        pytest.skip("needs script (util-linux) for a terminal")
+    cmd = f"{sys.executable} -m rsthound capture --summary --duration 3"
+    cap = subprocess.Popen(netns.argv("script", "-qec", cmd, "/dev/null"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    client(netns, "127.0.0.1", 7211, 4)
+    out, _ = cap.communicate(timeout=30)
+    assert cap.returncode == 0
+    assert out.count("rsthound capture: live capture on every interface") >= 2  # redrawn
+    assert "refused by server" not in out  # no event lines under the table
+    last = out.rsplit("rsthound capture:", 1)[1]
+    assert "127.0.0.1:7211      4       4" in last

@@ -632,12 +632,21 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         while pending and pending[0][0] <= now:
             tell(pending.popleft()[1])
 
+    seen_resets = 0
+
     def on_reset(r: Reset) -> None:
-        pending.append((time.monotonic() + delay, r))
+        nonlocal seen_resets
+        seen_resets += 1
+        if not live_view:
+            pending.append((time.monotonic() + delay, r))
 
     def on_conn(c: Conn) -> None:
-        if c.failure is ResetKind.TIMEOUT:
+        if c.failure is ResetKind.TIMEOUT and not live_view:
             pending.append((time.monotonic() + delay, c))
+
+    # --summary on a terminal: a table that updates every second instead of event lines
+    live_view = args.summary and not args.json and out.isatty()
+    out_rsts = _out_rsts()
 
     try:
         with LiveCapture(args.interface, expression, args.snaplen, write=args.write) as live:
@@ -654,13 +663,22 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             def should_stop() -> bool:
                 return stop.is_set() or (end is not None and time.monotonic() >= end)
 
+            view = _LiveSummary(out) if live_view else None
             for batch in live.batches(should_stop):
                 if len(batch):
                     analysis.feed(batch)
                 analysis.table.expire_unanswered(time.time())
                 flush(time.monotonic())
+                if view is not None:
+                    view.show(lambda: text.render_summary(
+                        analysis.snapshot([f"live capture on {where}"]), command="capture"))
             if not stop.is_set():
                 analysis.table.close()  # what was still open: timeouts among them
+            if view is not None:  # the last frame: everything
+                view.show(lambda: text.render_summary(
+                    analysis.snapshot([f"live capture on {where}"]), command="capture"),
+                    force=True)
+                view.close()
             stats = live.stats()
         if pending and delay:
             time.sleep(delay)
@@ -669,12 +687,59 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if tracer is not None:
             tracer.close()
     summary = analysis.finish([f"live capture on {where}"])
-    if args.summary and not args.json:
+    if args.summary and not args.json and not live_view:
         out.write(text.render_summary(summary, command="capture"))
     err.write(f"rsthound: {stats.captured} packets captured, {stats.received} received by "
               f"filter, {stats.dropped} dropped by kernel, {stats.ifdropped} dropped by "
               "interface\n")
+    sent = _out_rsts(out_rsts)
+    if sent is not None:
+        lost = ("; resets went missing in the kernel's drops"
+                if stats.dropped and seen_resets < sent else "")
+        err.write(f"rsthound: {seen_resets} resets seen; this host's TCP sent {sent} "
+                  f"meanwhile (Tcp.OutRsts){lost}\n")
     return Exit.OK
+
+
+def _out_rsts(before: int | None = None) -> int | None:
+    """Tcp.OutRsts of this namespace; with `before`, the increase since. None if unread."""
+    from rsthound.analyze.rates import increase
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.procfs import CounterReader
+
+    try:
+        with CounterReader() as reader:
+            now = reader.read().values.get("Tcp.OutRsts")
+    except (RstHoundError, OSError):
+        return None
+    if now is None or before is None:
+        return now if before is None else None
+    return increase(before, now)
+
+
+class _LiveSummary:
+    """`capture --summary` on a terminal: the summary, redrawn once a second."""
+
+    def __init__(self, out: TextIO) -> None:
+        import time
+
+        from rich.console import Console
+        from rich.live import Live
+
+        self._time = time.monotonic
+        self._next = 0.0
+        self.live = Live(console=Console(file=out), auto_refresh=False, transient=False)
+        self.live.start()
+
+    def show(self, render: Callable[[], str], force: bool = False) -> None:
+        from rich.text import Text
+
+        if force or self._time() >= self._next:
+            self._next = self._time() + 1.0
+            self.live.update(Text(render()), refresh=True)
+
+    def close(self) -> None:
+        self.live.stop()
 
 
 def _listener_reader(netns: str | None, say: Callable[[str], None]) -> Any:

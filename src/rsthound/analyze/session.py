@@ -144,6 +144,10 @@ class Analysis:
 
     def finish(self, files: list[str]) -> Summary:
         self.table.close()
+        return self.snapshot(files)
+
+    def snapshot(self, files: list[str]) -> Summary:
+        """The summary so far, with connections still open left open (live views)."""
         s = self.summary
         s.files = files
         s.packets = self.stats.packets
