@@ -1,7 +1,8 @@
 """`rsthound capture` under a storm of refused connects, beside tcpdump, in one run.
 
 A namespace of its own; one process makes refused connects to 127.0.0.1 as fast as one core
-can (pinned to CPU 0) for --seconds; the capture under test is pinned to CPU 1. The storm
+can (pinned to CPU 0) for --seconds: bench/storm.c when a C compiler is there (it makes more
+than Python can), else a Python loop. The capture under test is pinned to CPU 1. The storm
 runs once under `rsthound capture` and once under `tcpdump -i any -w /dev/null`. The resets
 the kernel sent are the namespace's `Tcp.OutRsts` delta. rsthound's count is its reset
 lines; tcpdump's is what it captured of the RST segments its filter passed.
@@ -49,15 +50,27 @@ def out_rsts() -> int:
     return int(vals[head.index("OutRsts")])
 
 
-def storm(seconds: float, tool: list[str]) -> dict:
+def storm_command(seconds: float, workdir: str) -> list[str]:
+    """bench/storm.c compiled, or the Python loop without a compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc:
+        exe = os.path.join(workdir, "storm")
+        if not os.path.exists(exe):
+            subprocess.run([cc, "-O2", "-o", exe, str(Path(__file__).parent / "storm.c")],
+                           check=True)
+        return [exe, str(seconds)]
+    return [sys.executable, "-c", STORM, str(seconds)]
+
+
+def storm(seconds: float, tool: list[str], generator: list[str]) -> dict:
     # output to a file, read afterwards: a pipe nobody reads would stall the tool
     with tempfile.TemporaryFile("w+") as sink:
         t = subprocess.Popen(in_ns("taskset", "-c", "1", *tool), stdout=sink,
                              stderr=subprocess.PIPE, text=True)
         time.sleep(2.0)  # the capture is up
         before = out_rsts()
-        made = subprocess.run(in_ns("taskset", "-c", "0", sys.executable, "-c", STORM,
-                                    str(seconds)), capture_output=True, text=True, check=True)
+        made = subprocess.run(in_ns("taskset", "-c", "0", *generator), capture_output=True,
+                              text=True, check=True)
         time.sleep(1.0)
         after = out_rsts()
         t.terminate()
@@ -77,6 +90,8 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("tcpdump"):
         sys.exit("bench: needs root (a network namespace) and tcpdump")
     subprocess.run(["ip", "netns", "add", NS], check=True)
+    work = tempfile.mkdtemp(prefix="rh-bench-")
+    generator = storm_command(args.seconds, work)
     try:
         subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
         results = {}
@@ -86,7 +101,7 @@ def main() -> int:
             ("tcpdump -i any -w /dev/null", ["tcpdump", "-i", "any", "-w", "/dev/null",
                                               "tcp[tcpflags] & tcp-rst != 0"]),
         ):
-            r = storm(args.seconds, tool)
+            r = storm(args.seconds, tool, generator)
             if name.startswith("rsthound"):
                 seen = sum(1 for ln in r["out"].splitlines() if '"kind":"refused"' in ln)
                 m = re.search(r"(\d+) packets captured, (\d+) received by filter, (\d+) "
@@ -104,9 +119,11 @@ def main() -> int:
             }
     finally:
         subprocess.run(["ip", "netns", "del", NS], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "capture.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{args.seconds:g} s storms of refused connects on loopback ({os.cpu_count()} cores)")
+    print(f"{args.seconds:g} s storms of refused connects on loopback ({os.cpu_count()} cores), "
+          f"made by {os.path.basename(generator[0])}")
     print(f"{'':30} {'connects/s':>10} {'RSTs sent':>10} {'RSTs seen':>10} {'dropped':>8}")
     for name, r in results.items():
         print(f"{name:30} {r['connects_per_s']:>10} {r['resets_sent']:>10} "

@@ -26,6 +26,11 @@ from rsthound.model import Conn, Reset, ResetKind
 CTL = SYN | FIN | RST
 
 
+def flow_uid(key: bytes, start: float) -> str:
+    """Stable for the same capture (unlike Zeek's random ones), so outputs compare."""
+    return "C" + hashlib.blake2b(key + repr(start).encode(), digest_size=9).hexdigest()[:17]
+
+
 class Flow:
     """A connection being tracked."""
 
@@ -48,9 +53,7 @@ class Flow:
 
     @property
     def uid(self) -> str:
-        """Stable for the same capture (unlike Zeek's random ones), so outputs compare."""
-        digest = hashlib.blake2b(self.key + repr(self.start).encode(), digest_size=9)
-        return "C" + digest.hexdigest()[:17]
+        return flow_uid(self.key, self.start)
 
     def endpoints(self, addr: Callable[[bytes], str] = format_addr) -> tuple[str, int, str, int]:
         """(orig_h, orig_p, resp_h, resp_p)."""
@@ -292,6 +295,60 @@ class FlowTable:
             self._apply_bulk(keys[f], groups)
         if self.now >= self._next_sweep:
             self.sweep(self.now)
+
+    def take_refusals(self, plan: Plan, iface_label: Callable[[int, int], str | None]) -> Plan:
+        """Live capture's fast path: report the refused connects that open and end inside
+        this batch (a bare SYN, then the other side's RST as its first packet: what
+        `packet` would call REFUSED) without a Flow each, and return the plan without them.
+
+        Only for `unanswered_only` tables: these connections need no Conn record.
+        """
+        c = plan.rows
+        n = len(c["flow"])
+        if n < 2 or plan.bulk is not None:
+            return plan
+        flow = c["flow"]
+        counts = np.bincount(flow)
+        order = np.argsort(flow, kind="stable")
+        firsts = order[np.r_[True, flow[order][1:] != flow[order][:-1]]]
+        pairs = firsts[counts[flow[firsts]] == 2]
+        if not len(pairs):
+            return plan
+        second = order[np.searchsorted(flow[order], flow[pairs]) + 1]
+        fl = c["flags"]
+        ok = ((fl[pairs] & (SYN | ACK | RST | FIN)) == SYN) & ((fl[second] & RST) != 0) & (
+            (fl[second] & SYN) == 0) & (c["a_is_src"][pairs] != c["a_is_src"][second])
+        pairs, second = pairs[ok], second[ok]
+        taken = np.zeros(n, dtype=bool)
+        why = "answers a SYN: nothing accepted the connection"
+        keys = plan.keys
+        flows = self.flows
+        addr = self._addr
+        columns = zip(pairs.tolist(), second.tolist(), flow[pairs].tolist(),
+                      c["a_is_src"][pairs].tolist(), c["ts"][pairs].tolist(),
+                      c["ts"][second].tolist(), fl[second].tolist(), c["seq"][second].tolist(),
+                      c["ack"][second].tolist(), c["ttl"][second].tolist(),
+                      c["iface"][pairs].tolist(), c["ifindex"][pairs].tolist(), strict=True)
+        labels: dict[tuple[int, int], str | None] = {}
+        for i, j, f, a_src, start, ts, flags, seq, ack, ttl, ifc, ifx in columns:
+            key = keys[f]
+            if key in flows:  # this four-tuple is still tracked: the full path
+                continue
+            taken[i] = taken[j] = True
+            a = (addr(key[0:16]), int.from_bytes(key[16:18], "big"))
+            b = (addr(key[18:34]), int.from_bytes(key[34:36], "big"))
+            (oh, op), (rh, rp) = (a, b) if a_src else (b, a)
+            if ts > self.now:
+                self.now = ts
+            label = labels.get((ifc, ifx), "?")
+            if label == "?":
+                label = labels[(ifc, ifx)] = iface_label(ifc, ifx)
+            self.on_reset(Reset(ts, rh, rp, oh, op, ResetKind.REFUSED, "resp", flags, seq, ack,
+                                ttl, label, flow_uid(key, start), why))
+        if not taken.any():
+            return plan
+        keep = ~taken
+        return Plan({k: v[keep] for k, v in c.items()}, plan.keys, None)
 
     def _apply_bulk(self, key: bytes, groups: list[tuple] | tuple) -> None:
         flow = self.flows.get(key)

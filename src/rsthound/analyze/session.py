@@ -140,7 +140,10 @@ class Analysis:
                 return ifname(ifindex) or f"ifindex {ifindex}"
             return interface_label(p.names, iface, ifindex)
 
-        self.table.apply(p.plan, label)
+        plan = p.plan
+        if self.table.unanswered_only:
+            plan = self.table.take_refusals(plan, label)
+        self.table.apply(plan, label)
 
     def finish(self, files: list[str]) -> Summary:
         self.table.close()
