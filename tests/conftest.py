@@ -105,6 +105,17 @@ class Netns(str):
             p.kill()
             p.wait()
 
+    def drop_syns(self, port: int, syn_retries: int) -> None:
+        """Silently drop SYNs to `port` (nftables), and give up connects after
+        `syn_retries` retransmissions: connects there time out, and soon."""
+        if shutil.which("nft") is None:
+            pytest.skip("needs nft (make test installs nftables as root)")
+        subprocess.run(self.argv("sh", "-c", f"echo {syn_retries} > "  # no procps needed
+                                 "/proc/sys/net/ipv4/tcp_syn_retries"), check=True)
+        subprocess.run(self.argv("nft", "add table inet t; add chain inet t in { type filter "
+                                 "hook input priority 0; }; add rule inet t in tcp dport "
+                                 f"{port} tcp flags syn drop"), check=True)
+
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self], check=False)
 

@@ -208,16 +208,7 @@ def test_full_listen_queue_is_named_overflow(cli, netns):
 
 @pytest.mark.kernel
 def test_silent_drop_is_named_timeouts(cli, netns):
-    import shutil
-    import subprocess
-
-    if shutil.which("nft") is None:
-        pytest.skip("needs nft (make test installs nftables as root)")
-    subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",  # per namespace; no procps needed
-                    "echo 1 > /proc/sys/net/ipv4/tcp_syn_retries"], check=True)
-    subprocess.run(["ip", "netns", "exec", netns, "nft", "add table inet t; "
-                    "add chain inet t in { type filter hook input priority 0; }; "
-                    "add rule inet t in tcp dport 7400 drop"], check=True)
+    netns.drop_syns(7400, syn_retries=1)
     client = netns.start(_KNOCK.format(port=7400, n=16, gap=0.5))
     r = cli("watch", "--netns", netns, "--interval", "0.5", "--duration", "10", "--json")
     client.kill()

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rsthound.errors import BadInput, NotSupported
+from rsthound.sources.processes import Process, describe
 from rsthound.sources.procfs import in_netns, netns_path
-from rsthound.sources.tracefs import Process, describe
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20

@@ -1,10 +1,10 @@
-"""What tracefs-based attribution reads besides the trace: cgroups and /proc."""
+"""What is read of a process besides the trace: its cgroup (unit, container) and /proc."""
 
 from __future__ import annotations
 
 import os
 
-from rsthound.sources.tracefs import cgroup_owner, describe
+from rsthound.sources.processes import cgroup_owner, describe
 
 
 def test_cgroup_names_the_unit_or_the_container():
