@@ -692,6 +692,9 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     err.write(f"rsthound: {stats.captured} packets captured, {stats.received} received by "
               f"filter, {stats.dropped} dropped by kernel, {stats.ifdropped} dropped by "
               "interface\n")
+    if tracer is not None and tracer.behind:
+        err.write("rsthound: the trace came faster than rsthound reads it (packets come "
+                  "first): some events name no process\n")
     sent = _out_rsts(out_rsts)
     if sent is not None:
         lost = ("; resets went missing in the kernel's drops"
@@ -754,7 +757,7 @@ def _listener_reader(netns: str | None, say: Callable[[str], None]) -> Any:
         return None
 
 
-def _start_tracer(err: TextIO) -> object | None:
+def _start_tracer(err: TextIO) -> Any:
     """The tracefs reader that names processes; None (said once) where it cannot run."""
     from rsthound.errors import RstHoundError
     from rsthound.sources.tracefs import Tracer
