@@ -40,3 +40,18 @@ def test_fast_path_is_taken(monkeypatch):
                         lambda self, *a, **kw: made.append(1) or real(self, *a, **kw))
     resets, _ = resets_and_timeouts(DATA / "refused.pcap", fast=True)
     assert len(resets) == 16 and not made
+
+
+@pytest.mark.parametrize("name", ["refused.pcap", "ipv6.pcap", "multi_if.pcapng",
+                                  "linger_abort_client.pcap", "any_sll2.pcap"])
+def test_reset_line_is_line_of_reset_obj(name):
+    from rsthound.report.jsonout import line, reset_line, reset_obj
+
+    resets, _ = resets_and_timeouts(DATA / name, fast=True)
+    proc = {"pid": 7, "comm": 'we"ird\\n', "cmdline": "x", "user": None, "unit": None,
+            "container": None, "netns": 1}
+    assert resets
+    for r in resets:
+        for reason, process in ((None, None), ("NO_SOCKET", proc)):
+            assert reset_line(r, reason, process) == line(
+                reset_obj(r) | {"reason": reason, "process": process})

@@ -611,8 +611,10 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             reason = tracer.reason(ev.src, ev.sport, ev.dst, ev.dport)
         elif tracer is not None:
             proc = tracer.process(ev.orig_p, ev.resp_p)
-        if args.json:
-            obj = jsonout.reset_obj(ev) if is_reset else jsonout.failure_obj(ev)
+        if args.json and is_reset:
+            out.write(jsonout.reset_line(ev, reason, proc.obj() if proc else None))
+        elif args.json:
+            obj = jsonout.failure_obj(ev)
             obj["reason"] = reason
             obj["process"] = proc.obj() if proc else None
             out.write(jsonout.line(obj))
