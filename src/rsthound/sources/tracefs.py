@@ -1,15 +1,17 @@
 """The process behind each connect, and the kernel's reason for each reset, from tracefs.
 
-Two private instances under tracefs `instances/` (the global buffer is never touched):
+One private instance under tracefs `instances/` (the global buffer is never touched),
+read in binary (`per_cpu/cpuN/trace_pipe_raw`, parsed with the layouts the kernel
+publishes, see formats/traceraw.py):
 
-- `rsthound-PID-conn`, with the `fields` option so that events show the socket address:
-  `sock:inet_sock_set_state` CLOSE -> SYN_SENT runs inside connect(), in the caller's
-  context, and ties the socket to the process; the socket's later events (leaving SYN_SENT,
-  `tcp:tcp_retransmit_skb` of its SYN) carry its ports, which the captured packets have too.
-- `rsthound-PID-rst`, in the normal format: `tcp:tcp_send_reset` with its addresses and,
-  on 6.10+ kernels, `reason=NO_SOCKET` and friends, printed by the kernel itself.
+- `sock:inet_sock_set_state` CLOSE -> SYN_SENT runs inside connect(), in the caller's
+  context, and ties the socket's address to the process; the socket's later events (leaving
+  SYN_SENT for CLOSE, `tcp:tcp_retransmit_skb` of its SYN) carry its ports, which the
+  captured packets have too.
+- `tcp:tcp_send_reset`: the reset's addresses and, on 6.10+ kernels, its `reason`, named
+  by the event's own print format (`NO_SOCKET`, `TCP_ABORT_ON_CLOSE`, ...).
 
-Events are probed before use; the instances go on close, and instances of rsthound
+Events are probed before use; the instance goes on close, and instances of rsthound
 processes that are gone are removed at start.
 """
 
@@ -19,21 +21,24 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
 
 from rsthound.errors import NeedPrivilege, NotSupported
+from rsthound.formats.traceraw import EventFormat, page_records, parse_format, sockaddr
 from rsthound.sources.processes import Process, describe
 
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TCP_SYN_SENT, TCP_CLOSE = 2, 7
 KEEP = 4096  # sockets and port pairs remembered
 READ_EVERY = 0.05  # seconds between reads of the trace
-# Bytes of trace text read per pipe and tick (about 1.3 MB/s, 6,000 lines/s): under a storm
-# the capture keeps its core for the packets, and what the trace buffer cannot hold is lost
-# (some events then name no process) instead of packets.
-READ_BUDGET = 64 << 10
+# Bytes of trace read per CPU and tick (4 pages, about 200 events, 4,000 a second per CPU):
+# under a storm the capture keeps its core for the packets, and what the trace buffer cannot
+# hold is lost (some events then name no process) instead of packets.
+READ_BUDGET = 16 << 10
+PAGE = 4096
 
 
 def find_tracefs() -> str:
@@ -53,40 +58,46 @@ def find_tracefs() -> str:
 
 
 class Tracer:
-    """Reads both instances on a thread; `process()` and `reason()` answer from memory."""
+    """Reads its instance's binary ring buffer on a thread; `process()` and `reason()`
+    answer from memory."""
 
     def __init__(self, root: str | None = None) -> None:
         self.root = root or find_tracefs()
         self._remove_stale()
         events = f"{self.root}/events"
-        need = ["sock/inet_sock_set_state"]
-        missing = [e for e in need if not os.path.isdir(f"{events}/{e}")]
-        if missing:
-            raise NotSupported(f"this kernel has no {', '.join(missing)} trace event")
-        self.has_reason = _has_field(f"{events}/tcp/tcp_send_reset/format", "reason")
         self._lock = threading.Lock()
-        self._socks: OrderedDict[str, Process] = OrderedDict()  # skaddr -> process
+        self._socks: OrderedDict[int, Process] = OrderedDict()  # socket address -> process
         self._ports: OrderedDict[tuple[int, int], Process] = OrderedDict()
         self._reasons: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._procs: dict[int, tuple[float, Process]] = {}
         self.events = 0
         self.behind = False  # the trace came faster than READ_BUDGET allows
         self.instances: list[str] = []
+        self._formats: dict[int, EventFormat] = {}
         try:
-            conn = self._instance("conn", fields=True)
+            self._formats = {f.id: f for f in (
+                _format(events, e) for e in ("sock/inet_sock_set_state",
+                                             "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset"))
+                if f is not None}
+            if not any(f.name == "inet_sock_set_state" for f in self._formats.values()):
+                raise NotSupported("this kernel has no sock:inet_sock_set_state trace event")
+            self.has_reason = any("reason" in f.fields for f in self._formats.values()
+                                  if f.name == "tcp_send_reset")
+            inst = self._instance()
             # into SYN_SENT (inside connect()) and out of it to CLOSE (a failure): a
-            # connect that succeeds costs one line
-            self._enable(conn, "sock/inet_sock_set_state",
+            # connect that succeeds costs one event
+            self._enable(inst, "sock/inet_sock_set_state",
                          f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == "
                          f"{TCP_SYN_SENT}) || (oldstate == {TCP_SYN_SENT} && newstate == "
                          f"{TCP_CLOSE}))")
-            if os.path.isdir(f"{events}/tcp/tcp_retransmit_skb"):
-                self._enable(conn, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
-            pipes = [open(f"{conn}/trace_pipe", "rb", buffering=0)]  # noqa: SIM115
-            if os.path.isdir(f"{events}/tcp/tcp_send_reset"):
-                rst = self._instance("rst", fields=False)
-                self._enable(rst, "tcp/tcp_send_reset", None)
-                pipes.append(open(f"{rst}/trace_pipe", "rb", buffering=0))  # noqa: SIM115
+            for f in self._formats.values():
+                if f.name == "tcp_retransmit_skb":
+                    self._enable(inst, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
+                if f.name == "tcp_send_reset":
+                    self._enable(inst, "tcp/tcp_send_reset", None)
+            cpus = sorted(os.listdir(f"{inst}/per_cpu"))
+            pipes = [os.open(f"{inst}/per_cpu/{c}/trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
+                     for c in cpus]
         except PermissionError:
             self.close()
             raise NeedPrivilege("tracefs needs root (it names the process behind each "
@@ -103,16 +114,14 @@ class Tracer:
     def _remove_stale(self) -> None:
         base = f"{self.root}/instances"
         for name in os.listdir(base):
-            m = re.fullmatch(r"rsthound-(\d+)-\w+", name)
+            m = re.fullmatch(r"rsthound-(\d+)(-\w+)?", name)
             if m and not os.path.exists(f"/proc/{m[1]}"):
                 _remove_instance(f"{base}/{name}")
 
-    def _instance(self, what: str, fields: bool) -> str:
-        path = f"{self.root}/instances/rsthound-{os.getpid()}-{what}"
+    def _instance(self) -> str:
+        path = f"{self.root}/instances/rsthound-{os.getpid()}"
         os.mkdir(path)
         self.instances.append(path)
-        if fields:
-            _write(f"{path}/options/fields", "1")
         return path
 
     @staticmethod
@@ -123,64 +132,58 @@ class Tracer:
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self) -> None:
-        """Read what the instances hold every READ_EVERY seconds, without blocking: a reader
-        blocked on trace_pipe makes the kernel wake it at each event, which costs the
-        traced program far more than recording the event does."""
-        for p in self._pipes:
-            os.set_blocking(p.fileno(), False)
-        rest = {p.fileno(): b"" for p in self._pipes}
+        """Read what the ring buffer holds every READ_EVERY seconds, without blocking: a
+        reader blocked on it makes the kernel wake it at each event, which costs the traced
+        program far more than recording the event does."""
         while True:
-            for fd in rest:
-                budget = READ_BUDGET  # per pipe and tick: the packets come first
+            for fd in self._pipes:
+                budget = READ_BUDGET  # per CPU and tick: the packets come first
                 while budget > 0:
                     try:
-                        chunk = os.read(fd, min(budget, 1 << 16))
+                        page = os.read(fd, PAGE)
                     except BlockingIOError:
                         break
                     except OSError:
                         return
-                    if not chunk:
+                    if not page:
                         break
-                    budget -= len(chunk)
-                    *lines, rest[fd] = (rest[fd] + chunk).split(b"\n")
-                    for line in lines:
-                        self._event(line.decode("ascii", "replace"))
+                    budget -= len(page)
+                    for rec in page_records(page):
+                        self._record(rec)
                 if budget <= 0:
                     self.behind = True
             if self._stop.wait(READ_EVERY):
                 return
 
-    def _event(self, line: str) -> None:
-        """One trace line. Parsed with plain string searches: under a storm of failing
-        connects there are three lines per connect, and this runs for each."""
-        head, sep, rest = line.partition("]")
-        if not sep:
+    def _record(self, rec: memoryview) -> None:
+        """One binary event record: common_type (u16) at 0, common_pid (s32) at 4, then the
+        event's fields where its format says."""
+        if len(rec) < 8:
             return
-        who = head.rsplit("[", 1)[0].strip()
-        comm, _, pid_text = who.rpartition("-")
-        name, _, body = rest.partition(": ")[2].partition(": ")
-        if not pid_text.isdigit() or not body:
+        fmt = self._formats.get(int.from_bytes(rec[0:2], sys.byteorder))
+        if fmt is None:
             return
         self.events += 1
-        if name == "tcp_send_reset":
-            src, dest, reason = _value(body, "src="), _value(body, "dest="), _value(
-                body, "reason=")
-            if src and dest and reason:
+        if fmt.name == "tcp_send_reset":
+            src, dst = sockaddr(fmt.raw(rec, "saddr")), sockaddr(fmt.raw(rec, "daddr"))
+            if src and dst and "reason" in fmt.fields:
+                reason = fmt.symbol("reason", fmt.get(rec, "reason"))
                 with self._lock:
-                    _remember(self._reasons, (src, dest), reason)
+                    _remember(self._reasons, (_ep(*src), _ep(*dst)), reason)
             return
-        sk = _value(body, "skaddr=")
-        if name == "inet_sock_set_state" and _number(_value(body, "newstate=")) == TCP_SYN_SENT:
-            proc = self._process(int(pid_text), comm)  # inside connect(): the caller
+        sk = fmt.get(rec, "skaddr")
+        if fmt.name == "inet_sock_set_state" and fmt.get(rec, "newstate") == TCP_SYN_SENT:
+            pid = int.from_bytes(rec[4:8], sys.byteorder, signed=True)
+            proc = self._process(pid, "<...>")  # inside connect(): the caller
             with self._lock:
                 _remember(self._socks, sk, proc)
             return
-        sport = _number(_value(body, "sport="))
+        sport = fmt.get(rec, "sport")
         with self._lock:
             proc = self._socks.get(sk)
             if proc is not None and sport:
-                _remember(self._ports, (sport, _number(_value(body, "dport="))), proc)
-                if name == "inet_sock_set_state":  # left SYN_SENT: done with this socket
+                _remember(self._ports, (sport, fmt.get(rec, "dport")), proc)
+                if fmt.name == "inet_sock_set_state":  # left SYN_SENT: done with it
                     self._socks.pop(sk, None)
 
     def _process(self, pid: int, comm: str) -> Process:
@@ -210,9 +213,10 @@ class Tracer:
         if stop is not None:
             stop.set()
             self._thread.join(timeout=2)
-        for p in getattr(self, "_pipes", []):
+        for fd in getattr(self, "_pipes", []):
             with contextlib.suppress(OSError):
-                p.close()
+                os.close(fd)
+        self._pipes = []
         for path in self.instances:
             _remove_instance(path)
         self.instances = []
@@ -222,22 +226,13 @@ def _ep(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def _value(body: str, key: str) -> str:
-    """The text after `key` up to the next space ("" when absent)."""
-    i = body.find(key)
-    if i < 0:
-        return ""
-    i += len(key)
-    j = body.find(" ", i)
-    return body[i:] if j < 0 else body[i:j]
-
-
-def _number(v: str) -> int:
-    """0x1c2b or 7211 -> 7211; 0 when it is not a number."""
+def _format(events: str, event: str) -> EventFormat | None:
+    """An event's binary layout; None where this kernel lacks the event."""
     try:
-        return int(v, 16) if v.startswith("0x") else int(v)
-    except ValueError:
-        return 0
+        with open(f"{events}/{event}/format") as f:
+            return parse_format(f.read())
+    except FileNotFoundError:
+        return None
 
 
 def _remember(d: OrderedDict, key: object, value: object) -> None:
@@ -245,14 +240,6 @@ def _remember(d: OrderedDict, key: object, value: object) -> None:
     d.move_to_end(key)
     while len(d) > KEEP:
         d.popitem(last=False)
-
-
-def _has_field(format_path: str, field: str) -> bool:
-    try:
-        with open(format_path) as f:
-            return re.search(rf"field:[^;]*\b{field};", f.read()) is not None
-    except OSError:
-        return False
 
 
 def _write(path: str, text: str) -> None:

@@ -1,0 +1,70 @@
+"""tracefs binary records: this kernel's event formats, and ring-buffer pages."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from pathlib import Path
+
+from rsthound.formats.traceraw import page_records, parse_format, sockaddr
+
+DATA = Path(__file__).parent / "data" / "tracefs"
+
+
+def test_formats_of_this_kernel():
+    state = parse_format((DATA / "inet_sock_set_state.format").read_text())
+    assert state.name == "inet_sock_set_state"
+    assert state.fields["skaddr"] == (8, 8, False) and state.fields["sport"] == (24, 2, False)
+    assert state.symbol("newstate", 2) == "TCP_SYN_SENT"
+    reset = parse_format((DATA / "tcp_send_reset.format").read_text())
+    assert reset.fields["saddr"] == (32, 28, False)
+    assert reset.symbol("reason", 1) == "NO_SOCKET"  # the kernel's names, not a copy
+    assert reset.symbol("reason", 11) == "TCP_ABORT_ON_CLOSE"
+    assert reset.symbol("reason", 999) == "999"
+
+
+def record(fmt, **values) -> bytes:
+    rec = bytearray(max(off + size for off, size, _ in fmt.fields.values()))
+    rec[0:2] = fmt.id.to_bytes(2, sys.byteorder)
+    for name, v in values.items():
+        off, size, signed = fmt.fields[name]
+        rec[off:off + size] = v if isinstance(v, bytes) else v.to_bytes(size, sys.byteorder,
+                                                                          signed=signed)
+    return bytes(rec)
+
+
+def page(*records: bytes, extend: bool = True) -> bytes:
+    """A trace_pipe_raw page: a time-extend event, then each record (short ones by type_len,
+    a long one with its length in the next word), then padding."""
+    data = bytearray()
+    if extend:
+        data += struct.pack("=II", 30, 0)
+    for r in records:
+        r = r + bytes(-len(r) % 4)
+        if len(r) <= 28 * 4 and len(records) > 1:
+            data += struct.pack("=I", len(r) // 4) + r
+        else:
+            data += struct.pack("=II", 0, len(r) + 4) + r
+    data += struct.pack("=II", 29 | (5 << 5), 8) + bytes(8)
+    return struct.pack("=QQ", 123456, len(data)) + bytes(data) + bytes(4096 - 16 - len(data))
+
+
+def test_page_records_walks_every_kind_of_entry():
+    state = parse_format((DATA / "inet_sock_set_state.format").read_text())
+    reset = parse_format((DATA / "tcp_send_reset.format").read_text())
+    a = record(state, skaddr=0xFFFF888117F5B780, oldstate=7, newstate=2, dport=7211)
+    v6 = struct.pack("=H", socket.AF_INET6) + (7211).to_bytes(2, "big") + bytes(4) + \
+        socket.inet_pton(socket.AF_INET6, "::1") + bytes(4)
+    b = record(reset, reason=1, saddr=v6, daddr=v6)
+    for p, want in ((page(a, b), [a, b]), (page(b), [b]), (page(a, extend=False), [a])):
+        got = [bytes(r) for r in page_records(p)]
+        assert [g[:len(w)] for g, w in zip(got, want, strict=True)] == want
+    recs = [bytes(r) for r in page_records(page(a, b))]
+    assert state.get(recs[0], "skaddr") == 0xFFFF888117F5B780
+    assert state.get(recs[0], "dport") == 7211 and state.get(recs[0], "newstate") == 2
+    assert reset.symbol("reason", reset.get(recs[1], "reason")) == "NO_SOCKET"
+    assert sockaddr(reset.raw(recs[1], "saddr")) == ("::1", 7211)
+    v4 = struct.pack("=H", socket.AF_INET) + (80).to_bytes(2, "big") + bytes([10, 0, 0, 5])
+    assert sockaddr(v4 + bytes(20)) == ("10.0.0.5", 80)
+    assert list(page_records(b"short")) == []
