@@ -35,11 +35,26 @@ for i in range(int(sys.argv[3])):
 """
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_captures():
+    """A test that fails before its capture ends must not leave it running."""
+    yield
+    while _started:
+        p = _started.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def capture(ns: Netns, *argv: str) -> subprocess.Popen:
     """`rsthound capture` inside the namespace, started once it says it is capturing."""
     p = subprocess.Popen(ns.argv(sys.executable, "-m", "rsthound", "capture", *argv),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    _started.append(p)
     line = p.stderr.readline()
     assert "capturing on" in line, line + p.stderr.read()
     return p

@@ -46,12 +46,12 @@ def test_fast_path_is_taken(monkeypatch):
                                   "linger_abort_client.pcap", "any_sll2.pcap"])
 def test_reset_line_is_line_of_reset_obj(name):
     from rsthound.report.jsonout import line, reset_line, reset_obj
+    from rsthound.sources.processes import Process
 
     resets, _ = resets_and_timeouts(DATA / name, fast=True)
-    proc = {"pid": 7, "comm": 'we"ird\\n', "cmdline": "x", "user": None, "unit": None,
-            "container": None, "netns": 1}
+    proc = Process(7, 'we"ird\\n', "x y", None, "a.service", None, 1)
     assert resets
     for r in resets:
         for reason, process in ((None, None), ("NO_SOCKET", proc)):
             assert reset_line(r, reason, process) == line(
-                reset_obj(r) | {"reason": reason, "process": process})
+                reset_obj(r) | {"reason": reason, "process": process and process.obj()})

@@ -612,7 +612,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         elif tracer is not None:
             proc = tracer.process(ev.orig_p, ev.resp_p)
         if args.json and is_reset:
-            out.write(jsonout.reset_line(ev, reason, proc.obj() if proc else None))
+            out.write(jsonout.reset_line(ev, reason, proc))
         elif args.json:
             obj = jsonout.failure_obj(ev)
             obj["reason"] = reason
