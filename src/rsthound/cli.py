@@ -528,7 +528,11 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             + (f", for {args.duration:g} s" if args.duration else "")
             + (f"; history in {db}" if db else "; no history"))
         history = Recorder(db, reader.identity(), reader.label, say) if db else None
-        sockets = _listener_reader(args.netns, say) if history else None
+        # the listeners of the namespace whose counters are read (a host's, through
+        # --proc-root, is its PID 1's)
+        where = args.netns or (None if args.proc_root.rstrip("/") == "/proc"
+                               else f"{args.proc_root.rstrip('/')}/1/ns/net")
+        sockets = _listener_reader(where, say) if history else None
         seen_problems: set[str] = set()
         start = time.monotonic()
         tick = start
