@@ -68,3 +68,10 @@ def test_page_records_walks_every_kind_of_entry():
     v4 = struct.pack("=H", socket.AF_INET) + (80).to_bytes(2, "big") + bytes([10, 0, 0, 5])
     assert sockaddr(v4 + bytes(20)) == ("10.0.0.5", 80)
     assert list(page_records(b"short")) == []
+
+
+def test_reset_endpoints_match_the_packets():
+    from rsthound.sources.tracefs import _ep
+
+    assert _ep("::ffff:127.0.0.1", 80) == "127.0.0.1:80"  # a dual-stack socket's peer
+    assert _ep("::1", 7211) == "[::1]:7211" and _ep("10.0.0.5", 22) == "10.0.0.5:22"

@@ -74,6 +74,7 @@ class Tracer:
         self.behind = False  # the trace came faster than READ_BUDGET allows
         self.instances: list[str] = []
         self._formats: dict[int, EventFormat] = {}
+        self._pipes: list[int] = []
         try:
             self._formats = {f.id: f for f in (
                 _format(events, e) for e in ("sock/inet_sock_set_state",
@@ -95,9 +96,9 @@ class Tracer:
                     self._enable(inst, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
                 if f.name == "tcp_send_reset":
                     self._enable(inst, "tcp/tcp_send_reset", None)
-            cpus = sorted(os.listdir(f"{inst}/per_cpu"))
-            pipes = [os.open(f"{inst}/per_cpu/{c}/trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
-                     for c in cpus]
+            for cpu in sorted(os.listdir(f"{inst}/per_cpu")):
+                self._pipes.append(os.open(f"{inst}/per_cpu/{cpu}/trace_pipe_raw",
+                                           os.O_RDONLY | os.O_NONBLOCK))
         except PermissionError:
             self.close()
             raise NeedPrivilege("tracefs needs root (it names the process behind each "
@@ -105,7 +106,6 @@ class Tracer:
         except BaseException:
             self.close()
             raise
-        self._pipes = pipes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="rsthound-trace", daemon=True)
         self._thread.start()
@@ -223,6 +223,9 @@ class Tracer:
 
 
 def _ep(addr: str, port: int) -> str:
+    """As the packets show it: an IPv4-mapped IPv6 address (a dual-stack socket's) as IPv4."""
+    if addr.startswith("::ffff:") and "." in addr:
+        addr = addr[7:]
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
