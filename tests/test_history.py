@@ -182,8 +182,8 @@ def test_chart_marks_alerts_and_unwatched_time():
     pts = [Point(round((NOW + i) * MS), MS, 5 if 20 <= i < 30 else 0) for i in range(40)]
     events = [obj(event("alert", "warn", NOW + 22, NOW + 20)),
               obj(event("clear", "warn", NOW + 33, NOW + 20))]
-    text = render_history(BY_NAME[FAILS], "connects that failed", "this host", NOW, NOW + 60,
-                          pts, events, width=68)  # 60 columns: one per second
+    text = render_history(BY_NAME[FAILS], "this host", NOW, NOW + 60, pts, events,
+                          width=68)  # 60 columns: one per second
     lines = text.splitlines()
     bars = [ln for ln in lines if "┤" in ln or "│" in ln]
     assert bars[0].startswith("   5/s ┤") and bars[0][8 + 20:8 + 30] == "█" * 10

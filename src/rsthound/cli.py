@@ -313,9 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=LISTENERS_EPILOG,
     )
     li.add_argument("--json", action="store_true", help="one JSON object per listener")
-    li.add_argument("--netns", metavar="NAME|PID",
-                    help="another network namespace: a name from 'ip netns list', or a "
-                    "process id (needs root)")
+    _add_namespace_args(li, proc_root=False)
     li.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     h = sub.add_parser(
@@ -351,10 +349,12 @@ def _add_db_args(p: argparse.ArgumentParser, write: bool = True) -> None:
         p.add_argument("--no-history", action="store_true", help="keep no history")
 
 
-def _add_namespace_args(p: argparse.ArgumentParser) -> None:
+def _add_namespace_args(p: argparse.ArgumentParser, proc_root: bool = True) -> None:
     p.add_argument("--netns", metavar="NAME|PID",
                    help="another network namespace: a name from 'ip netns list', or a "
                    "process id (needs root)")
+    if not proc_root:
+        return
     p.add_argument("--proc-root", metavar="DIR", default="/proc",
                    help="where proc is mounted (in a container: /host/proc, which reads "
                    "the host's counters); default /proc")
@@ -587,6 +587,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import threading
     import time
 
+    from rsthound.analyze.rates import increase
     from rsthound.analyze.session import Analysis
     from rsthound.model import Conn, Reset, ResetKind
     from rsthound.report import jsonout, text
@@ -652,7 +653,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     # --summary on a terminal: a table that updates every second instead of event lines
     live_view = args.summary and not args.json and out.isatty()
-    out_rsts = _out_rsts()
+    rsts_before = _out_rsts()
 
     try:
         with LiveCapture(args.interface, expression, args.snaplen, write=args.write) as live:
@@ -669,6 +670,11 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             def should_stop() -> bool:
                 return stop.is_set() or (end is not None and time.monotonic() >= end)
 
+            files = [f"live capture on {where}"]
+
+            def render() -> str:
+                return text.render_summary(analysis.snapshot(files), command="capture")
+
             view = _LiveSummary(out) if live_view else None
             for batch in live.batches(should_stop):
                 if len(batch):
@@ -676,14 +682,11 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 analysis.table.expire_unanswered(time.time())
                 flush(time.monotonic())
                 if view is not None:
-                    view.show(lambda: text.render_summary(
-                        analysis.snapshot([f"live capture on {where}"]), command="capture"))
+                    view.show(render)
             if not stop.is_set():
                 analysis.table.close()  # what was still open: timeouts among them
             if view is not None:  # the last frame: everything
-                view.show(lambda: text.render_summary(
-                    analysis.snapshot([f"live capture on {where}"]), command="capture"),
-                    force=True)
+                view.show(render, force=True)
                 view.close()
             stats = live.stats()
         if pending and delay:
@@ -692,7 +695,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if tracer is not None:
             tracer.close()
-    summary = analysis.finish([f"live capture on {where}"])
+    summary = analysis.finish(files)
     if args.summary and not args.json and not live_view:
         out.write(text.render_summary(summary, command="capture"))
     err.write(f"rsthound: {stats.captured} packets captured, {stats.received} received by "
@@ -701,8 +704,9 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if tracer is not None and tracer.behind:
         err.write("rsthound: the trace came faster than rsthound reads it (packets come "
                   "first): some events name no process\n")
-    sent = _out_rsts(out_rsts)
-    if sent is not None:
+    rsts_after = _out_rsts()
+    if rsts_before is not None and rsts_after is not None:
+        sent = increase(rsts_before, rsts_after)
         lost = ("; resets went missing in the kernel's drops"
                 if stats.dropped and seen_resets < sent else "")
         err.write(f"rsthound: {seen_resets} resets seen; this host's TCP sent {sent} "
@@ -710,20 +714,16 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return Exit.OK
 
 
-def _out_rsts(before: int | None = None) -> int | None:
-    """Tcp.OutRsts of this namespace; with `before`, the increase since. None if unread."""
-    from rsthound.analyze.rates import increase
+def _out_rsts() -> int | None:
+    """Tcp.OutRsts of this namespace, None where it cannot be read."""
     from rsthound.errors import RstHoundError
     from rsthound.sources.procfs import CounterReader
 
     try:
         with CounterReader() as reader:
-            now = reader.read().values.get("Tcp.OutRsts")
+            return reader.read().values.get("Tcp.OutRsts")
     except (RstHoundError, OSError):
         return None
-    if now is None or before is None:
-        return now if before is None else None
-    return increase(before, now)
 
 
 class _LiveSummary:
@@ -780,13 +780,14 @@ def _cmd_listeners(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from rsthound.report.jsonout import line
     from rsthound.report.listeners import listener_obj, render_listeners
+    from rsthound.sources.procfs import netns_label
     from rsthound.sources.sockdiag import listeners
 
     found, source = listeners(args.netns)
     if args.json:
         out.write("".join(line(listener_obj(x)) for x in found))
     else:
-        label = f"netns {args.netns}" if args.netns else "this host"
+        label = netns_label(args.netns)
         out.write(render_listeners(found, label, source, time.time()))
     return Exit.OK
 
@@ -799,6 +800,7 @@ def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from rsthound.report import history as view
     from rsthound.report.jsonout import line
     from rsthound.sinks.history import History, default_path
+    from rsthound.sources.procfs import netns_label
 
     until = args.until if args.until is not None else time.time()
     since = args.since
@@ -810,7 +812,7 @@ def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.port is not None:
         return _history_of_port(args, path, out)
     with History(path) as store:
-        label = store.label or (f"netns {args.netns}" if args.netns else "this host")
+        label = store.label or netns_label(args.netns)
         lo, hi = round(since * 1000), round(until * 1000)
         points = store.series(metric.name, lo, hi)
         events = [e for e in store.events(lo, hi) if e.get("metric") == metric.name]
@@ -818,8 +820,7 @@ def _cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(line(view.history_obj(metric, label, path, since, until, points, events)))
     else:
         width = min(200, shutil.get_terminal_size((80, 24)).columns)
-        out.write(view.render_history(metric, metric.short, label, since, until, points,
-                                      events, width))
+        out.write(view.render_history(metric, label, since, until, points, events, width))
     return Exit.OK
 
 
@@ -828,9 +829,10 @@ def _history_of_port(args: argparse.Namespace, path: str, out: TextIO) -> int:
     from rsthound.report.served import render_served, served_obj
     from rsthound.sinks.history import History
     from rsthound.sources.portnames import port_name
+    from rsthound.sources.procfs import netns_label
 
     with History(path) as store:
-        label = store.label or (f"netns {args.netns}" if args.netns else "this host")
+        label = store.label or netns_label(args.netns)
         rows = store.served(args.port)
         as_of = store.end_ms / 1000
     name = port_name(args.port)

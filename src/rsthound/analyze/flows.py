@@ -26,6 +26,24 @@ from rsthound.model import Conn, Reset, ResetKind
 CTL = SYN | FIN | RST
 
 
+_WHY = {
+    ResetKind.REFUSED: "answers a SYN: nothing accepted the connection",
+    ResetKind.ABORT: "aborts an open connection",
+    ResetKind.AFTER_CLOSE: "follows a FIN: data arrived or was unread after close",
+    ResetKind.STRAY: "for a connection never seen opening",
+    ResetKind.INJECTED: "TTL or IP ID does not fit the sender's other packets",
+}
+
+
+def key_endpoints(key: bytes, a_is_orig: bool, addr: Callable[[bytes], str] = format_addr,
+                  ) -> tuple[str, int, str, int]:
+    """(orig_h, orig_p, resp_h, resp_p) of a 36-byte connection key."""
+    a = (addr(key[0:16]), int.from_bytes(key[16:18], "big"))
+    b = (addr(key[18:34]), int.from_bytes(key[34:36], "big"))
+    o, r = (a, b) if a_is_orig else (b, a)
+    return o[0], o[1], r[0], r[1]
+
+
 def flow_uid(key: bytes, start: float) -> str:
     """Stable for the same capture (unlike Zeek's random ones), so outputs compare."""
     return "C" + hashlib.blake2b(key + repr(start).encode(), digest_size=9).hexdigest()[:17]
@@ -57,11 +75,7 @@ class Flow:
 
     def endpoints(self, addr: Callable[[bytes], str] = format_addr) -> tuple[str, int, str, int]:
         """(orig_h, orig_p, resp_h, resp_p)."""
-        k = self.key
-        a = (addr(k[0:16]), int.from_bytes(k[16:18], "big"))
-        b = (addr(k[18:34]), int.from_bytes(k[34:36], "big"))
-        o, r = (a, b) if self.a_is_orig else (b, a)
-        return o[0], o[1], r[0], r[1]
+        return key_endpoints(self.key, self.a_is_orig, addr)
 
     def done(self) -> bool:
         return self.orig.state in (CLOSED, RESET) or self.resp.state in (CLOSED, RESET)
@@ -260,15 +274,8 @@ class FlowTable:
                       flags: int, seq: int, ack: int, ttl: int) -> None:
         oh, op, rh, rp = flow.endpoints(self._addr)
         src, sport, dst, dport = (oh, op, rh, rp) if is_orig else (rh, rp, oh, op)
-        why = {
-            ResetKind.REFUSED: "answers a SYN: nothing accepted the connection",
-            ResetKind.ABORT: "aborts an open connection",
-            ResetKind.AFTER_CLOSE: "follows a FIN: data arrived or was unread after close",
-            ResetKind.STRAY: "for a connection never seen opening",
-            ResetKind.INJECTED: "TTL or IP ID does not fit the sender's other packets",
-        }[kind]
         self.on_reset(Reset(ts, src, sport, dst, dport, kind, "orig" if is_orig else "resp",
-                            flags, seq, ack, ttl, flow.iface, flow.uid, why))
+                            flags, seq, ack, ttl, flow.iface, flow.uid, _WHY[kind]))
 
     # -- a batch of columns ----------------------------------------------------------------
     def apply(self, plan: Plan, iface_label: Callable[[int, int], str | None]) -> None:
@@ -320,7 +327,7 @@ class FlowTable:
             (fl[second] & SYN) == 0) & (c["a_is_src"][pairs] != c["a_is_src"][second])
         pairs, second = pairs[ok], second[ok]
         taken = np.zeros(n, dtype=bool)
-        why = "answers a SYN: nothing accepted the connection"
+        why = _WHY[ResetKind.REFUSED]
         keys = plan.keys
         flows = self.flows
         addr = self._addr
@@ -335,9 +342,7 @@ class FlowTable:
             if key in flows:  # this four-tuple is still tracked: the full path
                 continue
             taken[i] = taken[j] = True
-            a = (addr(key[0:16]), int.from_bytes(key[16:18], "big"))
-            b = (addr(key[18:34]), int.from_bytes(key[34:36], "big"))
-            (oh, op), (rh, rp) = (a, b) if a_src else (b, a)
+            oh, op, rh, rp = key_endpoints(key, a_src, addr)
             if ts > self.now:
                 self.now = ts
             label = labels.get((ifc, ifx), "?")

@@ -95,7 +95,7 @@ def _rate_label(v: float) -> str:
     return "0/s" if v == 0 else f"{v:.3g}/s"
 
 
-def render_history(metric: Metric, title: str, label: str, since: float, until: float,
+def render_history(metric: Metric, label: str, since: float, until: float,
                    points: list[Point], events: list[dict[str, Any]], width: int = 80) -> str:
     count = max(10, width - AXIS)
     cols = columns(points, since, until, count)
@@ -103,7 +103,7 @@ def render_history(metric: Metric, title: str, label: str, since: float, until: 
     peak = max((r for r in rates if r is not None), default=0.0)
     top = _nice_top(peak)
     step = (until - since) / count
-    lines = [f"{title} per second ({metric.name}), {label}",
+    lines = [f"{metric.short} per second ({metric.name}), {label}",
              f"{stamp(since)} to {stamp(until)}, one column = {_span(step)}", ""]
     for row in range(HEIGHT, 0, -1):  # top row first
         cells = []

@@ -8,6 +8,7 @@ from typing import Any
 from rsthound.report.alerts import iso
 from rsthound.report.timefmt import seconds, stamp
 from rsthound.sources.portnames import PortName
+from rsthound.sources.processes import Process
 
 SHOWN = 10
 
@@ -16,8 +17,7 @@ def _who(row: dict[str, Any]) -> str:
     p = row["process"]
     if not p:
         return "an unknown process"
-    argv = (p.get("cmdline") or p["comm"]).split()
-    cmd = " ".join([argv[0].rsplit("/", 1)[-1], *argv[1:]])[:60]
+    cmd = Process(**p).command()[:60]
     extra = [f"pid {p['pid']}"] + [x for x in (p.get("user") and f"user {p['user']}",
                                              p.get("unit"), p.get("container")) if x]
     return f"{cmd} ({', '.join(extra)})"

@@ -26,14 +26,18 @@ class Process:
         return {"pid": self.pid, "comm": self.comm, "cmdline": self.cmdline, "user": self.user,
                 "unit": self.unit, "container": self.container, "netns": self.netns}
 
+    def command(self) -> str:
+        """The command line with its program's base name: "python3 /opt/collector.py"."""
+        argv = self.cmdline.split() or [self.comm]
+        return " ".join([os.path.basename(argv[0]), *argv[1:]])
+
     def text(self) -> str:
         """"python3 /opt/collector.py (pid 4312, collector.service)": the command line (its
         program's base name, then its arguments) tells more than the name (python3, java),
         so it comes first, cut at 40 characters."""
         where = f", {self.unit}" if self.unit else (
             f", container {self.container[:12]}" if self.container else "")
-        argv = self.cmdline.split() or [self.comm]
-        cmd = " ".join([os.path.basename(argv[0]), *argv[1:]])
+        cmd = self.command()
         if len(cmd) > 40:
             cmd = cmd[:39] + "…"
         return f"{cmd} (pid {self.pid}{where})"

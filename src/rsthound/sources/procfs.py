@@ -55,18 +55,19 @@ class CounterReader:
         if netns is None:
             base = (f"{self.proc_root}/self/net" if self.proc_root == "/proc"
                     else f"{self.proc_root}/1/net")
-            self.label = "this host" if self.proc_root == "/proc" else f"{self.proc_root}/1"
+            self.label = netns_label(None) if self.proc_root == "/proc" else (
+                f"{self.proc_root}/1")
             self._open_in(base)
         elif netns.isdigit():
             pid = int(netns)
-            self._ns_path = f"{self.proc_root}/{pid}/ns/net"
-            self.label = f"netns of pid {pid}"
+            self._ns_path = netns_path(netns, self.proc_root)
+            self.label = netns_label(netns)
             if not os.path.exists(f"{self.proc_root}/{pid}"):
                 raise BadInput(f"no process {pid}, so no network namespace to read")
             self._open_in(f"{self.proc_root}/{pid}/net")
         else:
             self._ns_path = netns_path(netns)
-            self.label = f"netns {netns}"
+            self.label = netns_label(netns)
             self._enter_and_open(self._ns_path)
         if self._ns_path is not None:
             self._ns_id = self._identity()
@@ -139,9 +140,18 @@ class CounterReader:
         self.close()
 
 
-def netns_path(netns: str) -> str:
-    """A name from 'ip netns list', or a path to a namespace file."""
+def netns_path(netns: str, proc_root: str = "/proc") -> str:
+    """A name from 'ip netns list', a process id, or a path to a namespace file."""
+    if netns.isdigit():
+        return f"{proc_root}/{netns}/ns/net"
     return netns if "/" in netns else f"{NETNS_DIR}/{netns}"
+
+
+def netns_label(netns: str | None) -> str:
+    """How a namespace is named in output: "this host", "netns blue", "netns of pid 4312"."""
+    if netns is None:
+        return "this host"
+    return f"netns of pid {netns}" if netns.isdigit() else f"netns {netns}"
 
 
 def in_netns(ns_path: str, fn: Callable[[], T]) -> T:

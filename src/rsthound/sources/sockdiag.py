@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rsthound.errors import BadInput, NotSupported
+from rsthound.model import join_hostport
 from rsthound.sources.processes import Process, describe
 from rsthound.sources.procfs import in_netns, netns_path
 
@@ -51,7 +52,7 @@ class Listener:
 
     @property
     def endpoint(self) -> str:
-        return f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
+        return join_hostport(self.addr, self.port)
 
 
 def listeners(netns: str | None = None) -> tuple[list[Listener], str]:
@@ -85,8 +86,7 @@ class ListenerReader:
         if netns is None:
             open_here()
         else:
-            in_netns(f"/proc/{netns}/ns/net" if netns.isdigit() else netns_path(netns),
-                     open_here)
+            in_netns(netns_path(netns), open_here)
         self.source = "sock_diag" if self._sock is not None else "/proc/net/tcp"
 
     def read(self) -> list[Listener]:

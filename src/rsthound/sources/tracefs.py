@@ -28,6 +28,7 @@ from collections import OrderedDict
 
 from rsthound.errors import NeedPrivilege, NotSupported
 from rsthound.formats.traceraw import EventFormat, page_records, parse_format, sockaddr
+from rsthound.model import join_hostport
 from rsthound.sources.processes import Process, describe
 
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -226,7 +227,7 @@ def _ep(addr: str, port: int) -> str:
     """As the packets show it: an IPv4-mapped IPv6 address (a dual-stack socket's) as IPv4."""
     if addr.startswith("::ffff:") and "." in addr:
         addr = addr[7:]
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return join_hostport(addr, port)
 
 
 def _format(events: str, event: str) -> EventFormat | None:
