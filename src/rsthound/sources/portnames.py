@@ -40,10 +40,9 @@ def port_name(port: int, unit_dirs: tuple[str, ...] = UNIT_DIRS) -> PortName:
                 continue  # the first directory wins, as for systemd
             seen.add(name)
             with contextlib.suppress(OSError), open(path) as f:
-                for line in f:
-                    m = re.match(r"\s*ListenStream\s*=\s*(\S+)", line)
-                    if m and re.search(r"(?:^|:)(\d+)$", m[1]) and int(
-                            re.search(r"(\d+)$", m[1])[1]) == port:  # type: ignore[index]
+                for line in f:  # 7211, 127.0.0.1:7211, [::]:7211 (not a socket path)
+                    m = re.match(r"\s*ListenStream\s*=\s*(?:\S*:)?(\d+)(?=\s|$)", line)
+                    if m and int(m[1]) == port:
                         units.append(name)
                         break
     return PortName(port, service, tuple(units))

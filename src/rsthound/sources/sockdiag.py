@@ -71,7 +71,6 @@ class ListenerReader:
     that namespace), or /proc/net/tcp where netlink is not available."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self.netns = netns
         self._sock: socket.socket | None = None
 
         def open_here() -> None:

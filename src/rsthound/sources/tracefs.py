@@ -83,8 +83,6 @@ class Tracer:
                 if f is not None}
             if not any(f.name == "inet_sock_set_state" for f in self._formats.values()):
                 raise NotSupported("this kernel has no sock:inet_sock_set_state trace event")
-            self.has_reason = any("reason" in f.fields for f in self._formats.values()
-                                  if f.name == "tcp_send_reset")
             inst = self._instance()
             # into SYN_SENT (inside connect()) and out of it to CLOSE (a failure): a
             # connect that succeeds costs one event
