@@ -73,5 +73,5 @@ def test_page_records_walks_every_kind_of_entry():
 def test_reset_endpoints_match_the_packets():
     from rsthound.sources.tracefs import _ep
 
-    assert _ep("::ffff:127.0.0.1", 80) == "127.0.0.1:80"  # a dual-stack socket's peer
-    assert _ep("::1", 7211) == "[::1]:7211" and _ep("10.0.0.5", 22) == "10.0.0.5:22"
+    assert _ep("::ffff:127.0.0.1", 80) == ("127.0.0.1", 80)  # a dual-stack socket's peer
+    assert _ep("::1", 7211) == ("::1", 7211) and _ep("10.0.0.5", 22) == ("10.0.0.5", 22)

@@ -630,14 +630,15 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if proc:
                 line += f"  connect by {proc.text()}"
             out.write(line + "\n")
-        out.flush()
         reported += 1
         if args.count and reported >= args.count:
             stop.set()
 
     def flush(now: float) -> None:
-        while pending and pending[0][0] <= now:
-            tell(pending.popleft()[1])
+        if pending and pending[0][0] <= now:
+            while pending and pending[0][0] <= now:
+                tell(pending.popleft()[1])
+            out.flush()  # once per batch: a storm's lines go out in few writes
 
     seen_resets = 0
 

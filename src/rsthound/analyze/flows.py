@@ -339,8 +339,11 @@ class FlowTable:
         labels: dict[tuple[int, int], str | None] = {}
         for i, j, f, a_src, start, ts, flags, seq, ack, ttl, ifc, ifx in columns:
             key = keys[f]
-            if key in flows:  # this four-tuple is still tracked: the full path
-                continue
+            old = flows.get(key)
+            if old is not None:  # this four-tuple is still tracked
+                if not old.done():
+                    continue  # the full path decides
+                self._finish(old)  # ended: this SYN starts anew, as in `packet`
             taken[i] = taken[j] = True
             oh, op, rh, rp = key_endpoints(key, a_src, addr)
             if ts > self.now:

@@ -28,7 +28,6 @@ from collections import OrderedDict
 
 from rsthound.errors import NeedPrivilege, NotSupported
 from rsthound.formats.traceraw import EventFormat, page_records, parse_format, sockaddr
-from rsthound.model import join_hostport
 from rsthound.sources.processes import Process, describe
 
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -69,7 +68,7 @@ class Tracer:
         self._lock = threading.Lock()
         self._socks: OrderedDict[int, Process] = OrderedDict()  # socket address -> process
         self._ports: OrderedDict[tuple[int, int], Process] = OrderedDict()
-        self._reasons: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._reasons: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._procs: dict[int, tuple[float, Process]] = {}
         self.events = 0
         self.behind = False  # the trace came faster than READ_BUDGET allows
@@ -168,7 +167,7 @@ class Tracer:
             if src and dst and "reason" in fmt.fields:
                 reason = fmt.symbol("reason", fmt.get(rec, "reason"))
                 with self._lock:
-                    _remember(self._reasons, (_ep(*src), _ep(*dst)), reason)
+                    _remember(self._reasons, (*_ep(*src), *_ep(*dst)), reason)
             return
         sk = fmt.get(rec, "skaddr")
         if fmt.name == "inet_sock_set_state" and fmt.get(rec, "newstate") == TCP_SYN_SENT:
@@ -205,7 +204,7 @@ class Tracer:
     def reason(self, src: str, sport: int, dst: str, dport: int) -> str | None:
         """The kernel's reason for a reset it sent from src:sport to dst:dport."""
         with self._lock:
-            return self._reasons.get((_ep(src, sport), _ep(dst, dport)))
+            return self._reasons.get((src, sport, dst, dport))
 
     def close(self) -> None:
         stop = getattr(self, "_stop", None)
@@ -221,11 +220,11 @@ class Tracer:
         self.instances = []
 
 
-def _ep(addr: str, port: int) -> str:
+def _ep(addr: str, port: int) -> tuple[str, int]:
     """As the packets show it: an IPv4-mapped IPv6 address (a dual-stack socket's) as IPv4."""
     if addr.startswith("::ffff:") and "." in addr:
         addr = addr[7:]
-    return join_hostport(addr, port)
+    return addr, port
 
 
 def _format(events: str, event: str) -> EventFormat | None:
