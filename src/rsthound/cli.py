@@ -104,6 +104,34 @@ such interface, a bad filter).
 """
 
 
+DIAGNOSE_EPILOG = """\
+examples:
+  sudo rsthound diagnose                  this host, 3 s: what fails, who, why, what to do
+  sudo rsthound diagnose --duration 10    a longer look, for rarer failures
+  sudo rsthound diagnose --netns blue     the namespace 'ip netns' calls blue
+  sudo rsthound diagnose --json | jq '.findings[0]'
+  rsthound demo                           the whole story, in a namespace of its own
+
+It captures on every interface (loopback included), traces the kernel for the process
+behind each connect and the reason for each reset, reads the counters, the listeners,
+the firewall rules and watch's history, then ranks what it found. Causes: no-listener,
+firewall-reject, firewall-drop, unreachable, listen-overflow, peer-abort, local-abort,
+normal. Without root it reads what it can (counters, listeners) and says what it skipped.
+
+exit status: 0 nothing abnormal; 1 something abnormal found; 2 error.
+"""
+
+
+DEMO_EPILOG = """\
+Needs root (it makes a network namespace). In it: a service, 'collector', listens on
+127.0.0.1:7211 while 'rsthound watch' keeps a history; the collector dies; a client,
+'shipper', keeps connecting twice a second. Then 'rsthound diagnose' runs there, and
+everything is removed. Nothing leaves the namespace.
+
+exit status: 1 (diagnose found the failure, as it should); 2 error.
+"""
+
+
 LISTENERS_EPILOG = """\
 examples:
   rsthound listeners                 this host's listeners
@@ -304,6 +332,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not name processes (no kernel tracing through tracefs)")
     cap.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    d = sub.add_parser(
+        "diagnose",
+        help="the whole investigation: what fails, who, why, since when, what to do",
+        description="Watch this host for a few seconds with everything rsthound has, then "
+        "say what\nfails, which process does it, why, since when, and what to do.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=DIAGNOSE_EPILOG,
+    )
+    d.add_argument("--duration", type=_seconds_arg, default=3.0,
+                   help="seconds to watch (default 3)")
+    d.add_argument("--json", action="store_true", help="one JSON object")
+    d.add_argument("--no-trace", action="store_true",
+                   help="do not trace the kernel (no process names or reset reasons)")
+    _add_db_args(d, write=False)
+    _add_namespace_args(d, proc_root=False)
+    d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    dm = sub.add_parser(
+        "demo",
+        help="recreate a refused-connection case in a private namespace and diagnose it",
+        description="Recreate the classic case (a client knocking on 127.0.0.1:7211 twice "
+        "a second,\nwhere a service that used to listen has died) in a private network "
+        "namespace,\nrun 'rsthound diagnose' on it, and clean up.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=DEMO_EPILOG,
+    )
+    dm.add_argument("--json", action="store_true", help="diagnose's JSON object")
+    dm.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     li = sub.add_parser(
         "listeners",
         help="who listens where: accept queues, backlogs, drops, processes",
@@ -392,6 +449,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         "history": _cmd_history,
         "capture": _cmd_capture,
         "listeners": _cmd_listeners,
+        "diagnose": _cmd_diagnose,
+        "demo": _cmd_demo,
     }
     try:
         return commands[args.command](args, out, err)
@@ -774,6 +833,41 @@ def _start_tracer(err: TextIO) -> Any:
     except (RstHoundError, OSError) as e:
         err.write(f"rsthound: no process names: {e}; capture goes on without them\n")
         return None
+
+
+def _cmd_diagnose(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import signal
+    import socket
+    import threading
+
+    from rsthound.analyze.diagnosis import diagnose
+    from rsthound.investigate import collect
+    from rsthound.report.diagnosis import diagnosis_obj, render_diagnosis
+    from rsthound.report.jsonout import line
+    from rsthound.sources.procfs import netns_label
+
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    where = netns_label(args.netns)
+    err.write(f"rsthound: watching {where} for {args.duration:g} s: capture on every "
+              "interface, kernel trace, counters, listeners\n")
+    err.flush()
+    facts = collect(args.duration, args.netns, args.db, trace=not args.no_trace,
+                    should_stop=stop.is_set)
+    findings = diagnose(facts)
+    host = socket.gethostname() + ("" if args.netns is None else f" ({where})")
+    if args.json:
+        out.write(line(diagnosis_obj(host, facts, findings)))
+    else:
+        out.write(render_diagnosis(host, facts, findings))
+    return Exit.FOUND if any(x.abnormal for x in findings) else Exit.OK
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from rsthound.demo import run_demo
+
+    return run_demo(args.json, out, err)
 
 
 def _cmd_listeners(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

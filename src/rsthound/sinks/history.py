@@ -312,6 +312,24 @@ class History:
                     f"AND t < ? AND {column} IS NOT NULL ORDER BY t", (tier, lower, upper))]
         return out
 
+    def active_since(self, metric: str, until_ms: int, lookback_ms: int = 8 * 86_400_000,
+                     ) -> float | None:
+        """When the counter's current run of growth began (Unix seconds): the start of the
+        first row of the unbroken run of growing rows that ends at `until`; None when the
+        counter was not growing then."""
+        points = self.series(metric, until_ms - lookback_ms, until_ms)
+        if not points or points[-1].n <= 0:
+            return None
+        last = points[-1]
+        if until_ms - (last.t_ms + last.span_ms) > max(2 * last.span_ms, 5000):
+            return None  # the history stops before `until`: it cannot say
+        start = last.t_ms
+        for p in reversed(points[:-1]):
+            if p.n <= 0 or p.t_ms + p.span_ms < start - p.span_ms:
+                break  # quiet, or nobody watched
+            start = p.t_ms
+        return start / 1000
+
     def _edge(self, tier: int, rolled: int) -> int:
         """Where `tier` takes over from the next coarser one: at the start of the coarser row
         its first row falls in, if it holds all that coarser row holds; else one row later."""

@@ -1,0 +1,82 @@
+"""`rsthound diagnose`: findings for people (numbered, what / who / why / evidence / fix) and
+for programs (one JSON object)."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+from rsthound.analyze.diagnosis import SHOWN_COUNTERS, Facts, Finding, who
+from rsthound.report.timefmt import clock, seconds
+
+WIDTH = 80
+
+
+def finding_obj(x: Finding) -> dict[str, Any]:
+    return {"service": x.service, "cause": x.cause, "abnormal": x.abnormal, "count": x.count,
+            "rate_per_s": round(x.rate_per_s, 3), "since": x.since, "what": x.what,
+            "why": x.why, "clients": x.clients, "server": x.server, "listener": x.listener,
+            "last_listener": x.last_listener, "usually": x.usually, "reason": x.reason,
+            "evidence": x.evidence, "fix": x.fix}
+
+
+def diagnosis_obj(host: str, facts: Facts, findings: list[Finding]) -> dict[str, Any]:
+    return {"host": host,
+            "window": {"start": facts.start, "end": facts.end,
+                       "seconds": round(facts.end - facts.start, 3)},
+            "findings": [finding_obj(x) for x in findings],
+            "counters": facts.counters, "skipped": facts.skipped}
+
+
+def render_diagnosis(host: str, facts: Facts, findings: list[Finding]) -> str:
+    head = (f"rsthound diagnose: {host}, {seconds(facts.end - facts.start)} "
+            f"({clock(facts.start)}-{clock(facts.end)})")
+    lines = [head, ""]
+    abnormal = [x for x in findings if x.abnormal]
+    if not abnormal:
+        shown = ", ".join(f"{m} +{facts.counters[m]}" for m in SHOWN_COUNTERS
+                          if facts.counters.get(m) is not None)
+        lines += _wrap("Nothing abnormal" + (f": {shown}." if shown else "."), "", "  ")
+        normal = [x for x in findings if not x.abnormal]
+        if normal:
+            lines.append("Also seen, ordinary churn: " + "; ".join(
+                f"{x.service} {x.what}" for x in normal) + ".")
+    for i, x in enumerate(abnormal, 1):
+        lines += _finding(i, x)
+    if abnormal and len(findings) > len(abnormal):
+        lines.append("Also seen, ordinary churn: " + "; ".join(
+            f"{x.service} {x.what}" for x in findings if not x.abnormal) + ".")
+    if facts.skipped:
+        lines += ["", "Skipped:"]
+        for s in facts.skipped:
+            lines += _wrap(f"{s['what']}: {s['why']}; {s['how']}", "  ", "    ")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _finding(i: int, x: Finding) -> list[str]:
+    since = f" since {clock(x.since)}" if x.since else ""
+    out = _wrap(f"{i}. {x.service or 'some service'}: {x.what} ({_rate(x.rate_per_s)})"
+                f"{since}: {x.cause}", "", "   ")
+    pad = "   "
+    if x.clients:
+        names = "; ".join(f"{who(c)} x{c['count']}" for c in x.clients[:3])
+        out += _wrap(f"who:  {names}", pad, pad + "      ")
+    if x.server:
+        out += _wrap(f"server: {who(x.server)}", pad, pad + "      ")
+    out += _wrap(f"why:  {x.why}", pad, pad + "      ")
+    if x.evidence:
+        out.append(f"{pad}evidence:")
+        for e in x.evidence:
+            out += _wrap(e, pad + "  ", pad + "    ")
+    out += _wrap(f"fix:  {x.fix}", pad, pad + "      ")
+    out.append("")
+    return out
+
+
+def _rate(r: float) -> str:
+    return f"{r:.1f}/s" if r >= 0.05 else f"{r * 60:.1f}/min"
+
+
+def _wrap(text: str, first: str, rest: str) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest,
+                         break_on_hyphens=False, break_long_words=False) or [first]
