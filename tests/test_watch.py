@@ -158,24 +158,37 @@ def test_refusals_alert_then_clear(cli, netns, receiver):
     assert r.code == 0, r.err
     ev = r.lines()
     first = [e for e in ev if e["rule"] == "failed-connections"]
-    assert [e["event"] for e in first] == ["alert", "clear"], ev
+    assert [e["event"] for e in first] == ["alert", "findings", "clear"], ev
     alert = first[0]
     assert alert["level"] == "warn" and alert["case"] == ["outgoing-refused"]
     assert 1.0 <= alert["rate"] <= 3.0 and alert["host"] == "box"
     assert "refused on this host" in alert["summary"]
     assert _epoch(alert["ts"]) - t0 <= 3 * 0.5 + 1.0  # within 3 samples (plus start-up)
     assert not [e for e in ev if e["rule"] == "resets-sent"]  # 2/s of resets is under warn
+    # the alert set off diagnose's investigation: its findings follow the alert
+    found = [e for e in ev if e["event"] == "findings"]
+    assert [e["rule"] for e in found] == ["failed-connections"], ev
+    top = found[0]["findings"][0]
+    assert (top["cause"], top["service"]) == ("no-listener", "127.0.0.1:7211"), top
+    assert [c["pid"] for c in top["clients"]] == [client.pid]
+    assert "127.0.0.1:7211: no-listener" in found[0]["summary"]
     hooks = [b for p, b in got if p == "/hook"]
-    assert [b["event"] for b in hooks if b["rule"] == "failed-connections"] == ["alert", "clear"]
+    assert [b["event"] for b in hooks if b["rule"] == "failed-connections"] == [
+        "alert", "findings", "clear"]
     am = [b for p, b in got if p == "/api/v2/alerts"]
     assert am[0][0]["labels"]["alertname"] == "RstHound_failed_connections"
     assert "endsAt" in am[-1][0] and am[0][0]["labels"]["severity"] == "warn"
+    noted = [a[0]["annotations"] for a in am if "findings" in a[0]["annotations"]]
+    assert noted and noted[0]["cause"] == "no-listener", am
+    assert noted[0]["service"] == "127.0.0.1:7211"
     # the history, where a service's $STATE_DIRECTORY says, has the refusals and the alert
     # (the first knock may come before watch's first sample)
     h = cli("history", "--netns", netns, "--since", "1m", "--json")
     assert h.code == 0, h.err
     assert sum(p["increase"] for p in h.json()["points"]) in (7, 8)
-    assert [e["event"] for e in h.json()["alerts"]] == ["alert", "clear"]
+    assert [e["event"] for e in h.json()["alerts"]] == ["alert", "findings", "clear"]
+    chart = cli("history", "--netns", netns, "--since", "1m")
+    assert "FINDINGS warn: 127.0.0.1:7211: no-listener" in chart.out
 
 
 @pytest.mark.kernel

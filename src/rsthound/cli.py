@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--alertmanager", metavar="URL",
                    help="send alerts to this Alertmanager (its /api/v2/alerts)")
     w.add_argument("--host", help="the host name in alerts (default: this host's name)")
+    w.add_argument("--no-investigate", action="store_true",
+                   help="do not run diagnose's investigation (3 s) when an alert fires")
     _add_db_args(w)
     _add_namespace_args(w)
     w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -549,6 +551,7 @@ def _cmd_counters(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import dataclasses
     import signal
     import socket
     import threading
@@ -556,8 +559,11 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from rsthound.analyze.alerts import Alerter
     from rsthound.config import load_config
+    from rsthound.investigate import Investigator
     from rsthound.report import alerts as view
+    from rsthound.report.diagnosis import finding_obj, findings_text
     from rsthound.report.jsonout import line
+    from rsthound.report.timefmt import stamp
     from rsthound.sinks.history import Recorder, default_path
     from rsthound.sinks.notify import Poster
     from rsthound.sources.procfs import CounterReader
@@ -579,6 +585,7 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     poster = Poster(say) if webhook or manager else None
     active: dict[str, object] = {}
+    notes: dict[str, dict[str, str]] = {}  # rule -> its findings, as Alertmanager annotations
     with CounterReader(args.proc_root, args.netns) as reader:
         alerter = Alerter(cfg.rules, cfg.baselines)
         db = None if args.no_history else args.db or default_path(args.netns)
@@ -592,6 +599,37 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         where = args.netns or (None if args.proc_root.rstrip("/") == "/proc"
                                else f"{args.proc_root.rstrip('/')}/1/ns/net")
         sockets = _listener_reader(where, say) if history else None
+        investigator = None if args.no_investigate else Investigator(
+            args.netns, db, should_stop=stop.is_set)
+
+        def tell_findings(wait: float = 0.0) -> None:
+            for alert, facts, findings, error in investigator.finished(wait):
+                if error:
+                    say(f"investigating {alert.rule}: {error}")
+                    continue
+                e = dataclasses.replace(alert, event="findings", ts=time.time())
+                summary = findings_text(findings)
+                obj = view.event_obj(e, host, reader.label) | {
+                    "summary": summary, "findings": [finding_obj(x) for x in findings],
+                    "skipped": facts.skipped}
+                out.write(line(obj) if args.json else
+                          f"{stamp(e.ts)} FINDINGS {alert.rule}: {summary}\n")
+                out.flush()
+                if poster and webhook:
+                    poster.post(webhook, obj)
+                top = next((x for x in findings if x.abnormal), None)
+                notes[alert.rule] = {"findings": summary, "cause": top.cause if top else "",
+                                     "service": (top.service or "") if top else ""}
+                if poster and manager and alert.rule in active:
+                    poster.post(manager, [am_obj(active[alert.rule])])
+                if history:
+                    history.event(time.monotonic(), e, obj)
+
+        def am_obj(e: Any) -> dict[str, Any]:
+            obj = view.alertmanager_obj(e, host, reader.label)
+            obj["annotations"].update(notes.get(e.rule, {}))
+            return obj
+
         seen_problems: set[str] = set()
         start = time.monotonic()
         tick = start
@@ -609,12 +647,14 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 out.flush()
                 if e.event == "alert":
                     active[e.rule] = e
+                    if investigator is not None:
+                        investigator.start(e)
                 else:
                     active.pop(e.rule, None)
                 if poster and webhook:
                     poster.post(webhook, obj)
                 if poster and manager:
-                    poster.post(manager, [view.alertmanager_obj(e, host, reader.label)])
+                    poster.post(manager, [am_obj(e)])
             if history:  # after the alerts are out: a slow disk must not delay them
                 history.sample(sample.mono, sample.wall, sample.values)
                 if sockets is not None:
@@ -624,13 +664,16 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if poster and manager and active and sample.mono - last_resend >= 60:
                 # Alertmanager resolves an alert it has not heard of for a while
                 last_resend = sample.mono
-                poster.post(manager, [view.alertmanager_obj(e, host, reader.label)
-                                      for e in active.values()])
+                poster.post(manager, [am_obj(e) for e in active.values()])
+            if investigator is not None:
+                tell_findings()
             tick += interval
             if args.duration is not None and tick - start > args.duration + 1e-6:
                 break
             if stop.wait(max(0.0, tick - time.monotonic())):
                 break
+        if investigator is not None:  # one still running: what it saw is not lost
+            tell_findings(wait=investigator.duration + 5)
     if history:
         history.close()
     if sockets is not None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from rsthound.analyze.diagnosis import SINCE_METRIC, Facts, Seen
+from rsthound.analyze.diagnosis import SINCE_METRIC, Facts, Finding, Seen, diagnose
 from rsthound.errors import NeedPrivilege, RstHoundError
 from rsthound.model import Conn, Reset, ResetKind
 from rsthound.sources.procfs import in_netns, netns_path
@@ -208,3 +209,44 @@ def _history(facts: Facts, ports: set[int], netns: str | None, db: str | None) -
     except (RstHoundError, OSError) as e:
         facts.skipped.append(_skip("history (since when, who listened before)", e,
                                    "check the file, or pass another with --db"))
+
+
+class Investigator:
+    """`watch`'s investigations: one at a time, on a thread, when an alert fires; what they
+    found is picked up by the sampling loop (`finished`), which never waits for them."""
+
+    def __init__(self, netns: str | None, db: str | None, duration: float = 3.0,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.netns, self.db, self.duration = netns, db, duration
+        self.should_stop = should_stop
+        self._thread: threading.Thread | None = None
+        self._done: list[tuple[Any, Facts | None, list[Finding], str | None]] = []
+        self._lock = threading.Lock()
+
+    def start(self, alert: Any) -> bool:
+        """Investigate for this alert, unless an investigation is running already."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        self._thread = threading.Thread(target=self._run, args=(alert,), daemon=True,
+                                        name="rsthound-investigate")
+        self._thread.start()
+        return True
+
+    def _run(self, alert: Any) -> None:
+        try:
+            facts = collect(self.duration, self.netns, self.db, should_stop=self.should_stop)
+            result = (alert, facts, diagnose(facts), None)
+        except (RstHoundError, OSError) as e:
+            result = (alert, None, [], str(e))
+        with self._lock:
+            self._done.append(result)
+
+    def finished(self, wait: float = 0.0) -> list[tuple[Any, Facts | None, list[Finding],
+                                                        str | None]]:
+        """(alert, facts, findings, error) of the investigations done since the last call;
+        `wait` seconds for one still running (on exit)."""
+        if wait and self._thread is not None:
+            self._thread.join(wait)
+        with self._lock:
+            done, self._done = self._done, []
+        return done

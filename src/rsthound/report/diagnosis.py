@@ -80,3 +80,17 @@ def _rate(r: float) -> str:
 def _wrap(text: str, first: str, rest: str) -> list[str]:
     return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest,
                          break_on_hyphens=False, break_long_words=False) or [first]
+
+
+def finding_line(x: Finding) -> str:
+    """One finding in one line: for alerts, webhooks and Alertmanager annotations."""
+    by = f" by {who(x.clients[0])}" if x.clients else ""
+    return (f"{x.service or 'some service'}: {x.cause}, {x.what} ({_rate(x.rate_per_s)})"
+            f"{by}. Fix: {x.fix}")
+
+
+def findings_text(findings: list[Finding], top: int = 3) -> str:
+    abnormal = [x for x in findings if x.abnormal]
+    if not abnormal:
+        return "nothing abnormal while investigating"
+    return " | ".join(finding_line(x) for x in abnormal[:top])

@@ -71,7 +71,7 @@ def _alert_marks(events: list[dict[str, Any]], since: float, until: float,
             if rule in open_:
                 paint(open_[rule][0], ts, open_[rule][1])
             open_[rule] = (ts if rule in open_ else _unix(e["started"]), e["level"])
-        elif rule in open_:
+        elif e["event"] == "clear" and rule in open_:
             paint(open_[rule][0], ts, open_.pop(rule)[1])
     for start, level in open_.values():
         paint(start, until, level)
@@ -129,7 +129,7 @@ def render_history(metric: Metric, label: str, since: float, until: float,
     else:
         lines.append("nothing was watched in this time")
     for e in events:
-        word = "ALERT" if e["event"] == "alert" else "CLEAR"
+        word = {"alert": "ALERT", "clear": "CLEAR"}.get(str(e["event"]), "FINDINGS")
         lines.append(f"{clock(_unix(e['ts']))} {word} {e['level']}: {e['summary']}")
     return "\n".join(lines) + "\n"
 

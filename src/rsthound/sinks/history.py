@@ -357,7 +357,7 @@ class History:
                 out.append(json.loads(obj))
             elif event == "alert":
                 open_at_since[rule] = json.loads(obj)
-            else:
+            elif event == "clear":
                 open_at_since.pop(rule, None)
         return list(open_at_since.values()) + out
 

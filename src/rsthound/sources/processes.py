@@ -44,8 +44,18 @@ class Process:
 
 
 def describe(pid: int, comm: str) -> Process:
-    """What /proc says of a process: its command line, user, unit or container."""
+    """What /proc says of a process: its command line, user, unit or container. A thread's
+    id (what the kernel trace records) is taken for its process, the thread group leader."""
     base = f"/proc/{pid}"
+    with contextlib.suppress(OSError, ValueError), open(f"{base}/status") as f:
+        for line in f:
+            if line.startswith("Tgid:"):
+                tgid = int(line.split()[1])
+                if tgid and tgid != pid:
+                    pid, base = tgid, f"/proc/{tgid}"
+                    with contextlib.suppress(OSError), open(f"{base}/comm") as c:
+                        comm = c.read().strip()
+                break
     if comm.startswith("<"):  # "<...>": the trace had not recorded the name yet
         with contextlib.suppress(OSError), open(f"{base}/comm") as f:
             comm = f.read().strip()

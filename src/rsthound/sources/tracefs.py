@@ -70,6 +70,8 @@ class Tracer:
         self._ports: OrderedDict[tuple[int, int], Process] = OrderedDict()
         self._reasons: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._procs: dict[int, tuple[float, Process]] = {}
+        self._tgids: dict[int, int] = {}  # thread -> process, as saved_tgids says
+        self._tgids_read = self._reads = 0
         self.events = 0
         self.behind = False  # the trace came faster than READ_BUDGET allows
         self.instances: list[str] = []
@@ -94,6 +96,10 @@ class Tracer:
                     self._enable(inst, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
                 if f.name == "tcp_send_reset":
                     self._enable(inst, "tcp/tcp_send_reset", None)
+            # the kernel then keeps each thread's process id (saved_tgids): a thread that
+            # connected and ended before its event was read is still named by its process
+            with contextlib.suppress(OSError):
+                _write(f"{inst}/options/record-tgid", "1")
             for cpu in sorted(os.listdir(f"{inst}/per_cpu")):
                 self._pipes.append(os.open(f"{inst}/per_cpu/{cpu}/trace_pipe_raw",
                                            os.O_RDONLY | os.O_NONBLOCK))
@@ -150,6 +156,7 @@ class Tracer:
                         self._record(rec)
                 if budget <= 0:
                     self.behind = True
+            self._reads += 1
             if self._stop.wait(READ_EVERY):
                 return
 
@@ -189,11 +196,23 @@ class Tracer:
         got = self._procs.get(pid)
         if got is not None and now - got[0] < 5:
             return got[1]
-        proc = describe(pid, comm)
+        lookup = pid
+        if not os.path.exists(f"/proc/{pid}"):  # a thread that is gone: its process
+            lookup = self._tgid(pid) or pid
+        proc = describe(lookup, comm)
         if len(self._procs) > KEEP:
             self._procs.clear()
         self._procs[pid] = (now, proc)
         return proc
+
+    def _tgid(self, tid: int) -> int | None:
+        """The process a thread belonged to, from the kernel's saved_tgids (re-read at most
+        once per read of the trace)."""
+        if tid not in self._tgids and self._tgids_read != self._reads:
+            self._tgids_read = self._reads
+            with contextlib.suppress(OSError, ValueError), open(f"{self.root}/saved_tgids") as f:
+                self._tgids = {int(a): int(b) for a, b in (ln.split() for ln in f)}
+        return self._tgids.get(tid)
 
     # -- answering -------------------------------------------------------------------------
     def process(self, local_port: int, remote_port: int) -> Process | None:
