@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2 \
           prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd
 
-.PHONY: run test setup debs lint bench bench-watch captures clean
+.PHONY: run test setup debs lint bench bench-watch bench-diagnose captures clean
 
 # diagnose exits 1 when it finds something abnormal: a finding, not a failure of make
 run: setup
@@ -53,6 +53,10 @@ bench: setup
 # what watch costs over 10 minutes, beside nstat once a second (see bench/README.md)
 bench-watch: setup
 	$(BIN)/python bench/run_watch.py --rsthound $(BIN)/rsthound
+
+# diagnose's time to its finding in the seed's case, its CPU and memory (root)
+bench-diagnose: setup
+	$(BIN)/python bench/run_diagnose.py --rsthound $(BIN)/rsthound
 
 # re-make the golden captures in tests/data (root; network namespaces)
 captures: setup

@@ -446,6 +446,8 @@ def test_firewall_drop(netns):
     top = d.top
     assert (top["cause"], top["service"]) == ("firewall-drop", "127.0.0.1:7500"), str(d)
     assert all(f["cause"] != "no-listener" for f in d.of("127.0.0.1:7500")), str(d)
+    # each connect runs in a thread of its own: all of them are the one process
+    assert [c["pid"] for c in top["clients"]] == [client.pid], str(d)
     assert d.code == 1, str(d)
 
 
@@ -492,6 +494,7 @@ def test_peer_abort_seen_from_the_client(netns_factory):
     d = diagnose(a)
     top = d.top
     assert (top["cause"], top["service"]) == ("peer-abort", "10.77.0.2:7700"), str(d)
+    assert [c["pid"] for c in top["clients"]] == [s["client"].pid], str(d)
     assert d.code == 1, str(d)
 
 
@@ -504,6 +507,7 @@ def test_local_abort_seen_from_the_server(netns_factory):
     d = diagnose(b)
     top = d.top
     assert (top["cause"], top["service"]) == ("local-abort", "10.77.0.2:7700"), str(d)
+    assert top["server"] and top["server"]["pid"] == s["server"].pid, str(d)
     assert d.code == 1, str(d)
     if not tracefs_reason_field():
         pytest.skip("this kernel's tcp_send_reset has no reason field: reason not checked")

@@ -6,8 +6,8 @@ publishes, see formats/traceraw.py):
 
 - `sock:inet_sock_set_state` CLOSE -> SYN_SENT runs inside connect(), in the caller's
   context, and ties the socket's address to the process; the socket's later events (leaving
-  SYN_SENT for CLOSE, `tcp:tcp_retransmit_skb` of its SYN) carry its ports, which the
-  captured packets have too.
+  SYN_SENT for CLOSE or ESTABLISHED, `tcp:tcp_retransmit_skb` of its SYN) carry its ports,
+  which the captured packets have too.
 - `tcp:tcp_send_reset`: the reset's addresses and, on 6.10+ kernels, its `reason`, named
   by the event's own print format (`NO_SOCKET`, `TCP_ABORT_ON_CLOSE`, ...).
 
@@ -31,7 +31,7 @@ from rsthound.formats.traceraw import EventFormat, page_records, parse_format, s
 from rsthound.sources.processes import Process, describe
 
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-TCP_SYN_SENT, TCP_CLOSE = 2, 7
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
 KEEP = 4096  # sockets and port pairs remembered
 READ_EVERY = 0.05  # seconds between reads of the trace
 # Bytes of trace read per CPU and tick (4 pages, about 200 events, 4,000 a second per CPU):
@@ -85,12 +85,12 @@ class Tracer:
             if not any(f.name == "inet_sock_set_state" for f in self._formats.values()):
                 raise NotSupported("this kernel has no sock:inet_sock_set_state trace event")
             inst = self._instance()
-            # into SYN_SENT (inside connect()) and out of it to CLOSE (a failure): a
-            # connect that succeeds costs one event
+            # into SYN_SENT (inside connect()), and out of it: to CLOSE (a failure) or to
+            # ESTABLISHED (so that a later reset of the connection names its process too)
             self._enable(inst, "sock/inet_sock_set_state",
                          f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == "
-                         f"{TCP_SYN_SENT}) || (oldstate == {TCP_SYN_SENT} && newstate == "
-                         f"{TCP_CLOSE}))")
+                         f"{TCP_SYN_SENT}) || (oldstate == {TCP_SYN_SENT} && (newstate == "
+                         f"{TCP_CLOSE} || newstate == {TCP_ESTABLISHED})))")
             for f in self._formats.values():
                 if f.name == "tcp_retransmit_skb":
                     self._enable(inst, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
