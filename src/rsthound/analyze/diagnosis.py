@@ -275,9 +275,14 @@ def _overflow(finding: Finding, x: Listener, f: Facts) -> None:
                    "too slowly" + ("; tcp_abort_on_overflow=1, so clients get resets"
                                    if abort else "; SYNs are dropped, clients retry and "
                                    "time out (tcp_abort_on_overflow=0)"))
-    finding.fix = (f"make it accept faster, and raise the backlog it passes to listen() "
-                   f"(now {x.backlog}; the kernel caps it at net.core.somaxconn = {somax}: "
-                   "sysctl -w net.core.somaxconn=4096)")
+    if somax is not None and x.backlog is not None and x.backlog >= somax:
+        finding.fix = (f"make it accept faster; its backlog is capped by net.core.somaxconn "
+                       f"= {somax}: raise both (sysctl -w net.core.somaxconn={somax * 4}, "
+                       "and the program's listen() backlog)")
+    else:
+        finding.fix = (f"make it accept faster, or raise the backlog it passes to listen() "
+                       f"(now {x.backlog}; the kernel allows up to net.core.somaxconn = "
+                       f"{somax})")
     finding.evidence.append(f"listener {x.endpoint}: queue {x.queue}, backlog {x.backlog}, "
                             f"drops {x.drops}; net.core.somaxconn {somax}, "
                             f"net.ipv4.tcp_abort_on_overflow {abort}")
@@ -365,7 +370,7 @@ def _clients(seen: list[Seen]) -> list[dict[str, Any]]:
 
 
 def _client_hint(finding: Finding) -> str:
-    return f" ({who(finding.clients[0])})" if finding.clients else ""
+    return f", {who(finding.clients[0])}," if finding.clients else ""
 
 
 def who(p: dict[str, Any] | None) -> str:
@@ -380,9 +385,17 @@ def who(p: dict[str, Any] | None) -> str:
 
 
 def _counter_evidence(finding: Finding, f: Facts, names: tuple[str, ...]) -> None:
-    parts = [f"{m} +{f.counters[m]}" for m in names if f.counters.get(m) is not None]
-    if parts:
-        finding.evidence.append(f"counters over {f.seconds:.1f} s: " + ", ".join(parts))
+    head = f"counters over {f.seconds:.1f} s: "
+    line = next((i for i, e in enumerate(finding.evidence) if e.startswith(head)), None)
+    shown = finding.evidence[line] if line is not None else ""
+    parts = [f"{m} +{f.counters[m]}" for m in names
+             if f.counters.get(m) is not None and f"{m} +" not in shown]
+    if not parts:
+        return
+    if line is None:
+        finding.evidence.append(head + ", ".join(parts))
+    else:
+        finding.evidence[line] += ", " + ", ".join(parts)
 
 
 def _since(finding: Finding, f: Facts) -> float | None:
