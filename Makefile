@@ -8,7 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # command:package pairs for what the tests and the product call
 DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2 \
-          prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd
+          prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd \
+          prometheus:prometheus promtool:prometheus chromium:chromium hey:hey
 
 .PHONY: run test setup debs lint bench bench-watch bench-diagnose captures clean
 

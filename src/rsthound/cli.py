@@ -69,6 +69,8 @@ examples:
   rsthound watch --json --duration 60     JSON lines for a minute, then stop
   rsthound watch --config /etc/rsthound/watch.toml --alertmanager http://127.0.0.1:9093
   rsthound watch --netns blue --webhook https://hooks.example/rsthound
+  sudo rsthound watch --listen 127.0.0.1:9321
+                                          /metrics, a dashboard at /, the JSON API
 
 default rules (change or add them in --config, see docs/watch.md):
   failed-connections  Tcp.AttemptFails        warn 1/s, error 5/s, critical 20/s
@@ -304,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--host", help="the host name in alerts (default: this host's name)")
     w.add_argument("--no-investigate", action="store_true",
                    help="do not run diagnose's investigation (3 s) when an alert fires")
+    w.add_argument("--listen", metavar="[ADDR:]PORT",
+                   help="serve /metrics (Prometheus), a dashboard at / and /api/... here "
+                   "(address 127.0.0.1 unless given)")
+    w.add_argument("--token-file", metavar="FILE",
+                   help="with --listen: require 'Authorization: Bearer' with this file's token")
+    w.add_argument("--basic-auth-file", metavar="FILE",
+                   help="with --listen: require basic authentication, USER:PASSWORD in FILE")
+    w.add_argument("--services", type=int, default=20, metavar="N",
+                   help="with --listen: services with their own label in /metrics, the "
+                   "rest are 'other' (default 20)")
+    w.add_argument("--no-capture", action="store_true",
+                   help="with --listen: no always-on capture (only the kernel's counters)")
     _add_db_args(w)
     _add_namespace_args(w)
     w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -598,7 +612,9 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         # --proc-root, is its PID 1's)
         where = args.netns or (None if args.proc_root.rstrip("/") == "/proc"
                                else f"{args.proc_root.rstrip('/')}/1/ns/net")
-        sockets = _listener_reader(where, say) if history else None
+        served = _serve(args, host, reader.label, cfg.rules, interval, db, say)
+        state = served[1] if served else None
+        sockets = _listener_reader(where, say) if history or state else None
         investigator = None if args.no_investigate else Investigator(
             args.netns, db, should_stop=stop.is_set)
 
@@ -615,6 +631,8 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 out.write(line(obj) if args.json else
                           f"{stamp(e.ts)} FINDINGS {alert.rule}: {summary}\n")
                 out.flush()
+                if state is not None:
+                    state.event(obj)
                 if poster and webhook:
                     poster.post(webhook, obj)
                 top = next((x for x in findings if x.abnormal), None)
@@ -642,9 +660,13 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     say(f"damaged: {p}")
             events = [(e, view.event_obj(e, host, reader.label))
                       for e in alerter.observe(sample.mono, sample.wall, sample.values)]
+            if state is not None:
+                state.sample(sample.mono, sample.wall, sample.values)
             for e, obj in events:
                 out.write(line(obj) if args.json else view.render_event(e, host))
                 out.flush()
+                if state is not None:
+                    state.event(obj)
                 if e.event == "alert":
                     active[e.rule] = e
                     if investigator is not None:
@@ -655,10 +677,13 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     poster.post(webhook, obj)
                 if poster and manager:
                     poster.post(manager, [am_obj(e)])
+            listening = sockets.read() if sockets is not None else []
+            if state is not None:
+                state.listeners(listening)
             if history:  # after the alerts are out: a slow disk must not delay them
                 history.sample(sample.mono, sample.wall, sample.values)
                 if sockets is not None:
-                    history.listeners(sample.mono, sample.wall, sockets.read())
+                    history.listeners(sample.mono, sample.wall, listening)
                 for e, obj in events:
                     history.event(sample.mono, e, obj)
             if poster and manager and active and sample.mono - last_resend >= 60:
@@ -680,7 +705,32 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         sockets.close()
     if poster:
         poster.close()
+    if served:
+        served[0].close()
+        if state is not None and state.monitor is not None:
+            state.monitor.close()
     return Exit.OK
+
+
+def _serve(args: argparse.Namespace, host: str, label: str, rules: Any, interval: float,
+           db: str | None, say: Callable[[str], None]) -> Any:
+    """watch --listen: the web server, and the always-on capture behind its metrics."""
+    if not args.listen:
+        return None
+    from rsthound.monitor import Monitor
+    from rsthound.sinks.web import Auth, WatchState, WebServer, parse_listen
+
+    addr, port = parse_listen(args.listen)
+    auth = Auth(args.token_file, args.basic_auth_file)
+    state = WatchState(host, label, rules, interval, db)
+    server = WebServer(addr, port, state, auth)
+    shown = f"[{addr}]" if ":" in addr else addr
+    say(f"serving http://{shown}:{server.address[1]}/ (/metrics, /api/status)"
+        + ("" if auth.required else ", no authentication"))
+    if not args.no_capture:
+        state.monitor = Monitor(args.netns, top=args.services)
+        state.monitor.start()
+    return server, state
 
 
 def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

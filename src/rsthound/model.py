@@ -86,3 +86,16 @@ class Conn(NamedTuple):
 def join_hostport(host: str, port: int) -> str:
     """"10.0.0.1", 80 -> "10.0.0.1:80"; "::1", 80 -> "[::1]:80"."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+def printable(text: str) -> str:
+    r"""Text from anyone on the host (process names, command lines), made inert for a
+    terminal: control characters (escape sequences, carriage returns) become \xNN.
+
+    >>> printable("evil\x1b[2Jname\r")
+    'evil\\x1b[2Jname\\x0d'
+    """
+    return text.translate(_CONTROLS)

@@ -374,14 +374,11 @@ def _client_hint(finding: Finding) -> str:
 
 
 def who(p: dict[str, Any] | None) -> str:
+    """A process (as JSON has it) for people: "python3 shipper.py (pid 4312, unit)"."""
     if not p:
         return "an unknown process"
-    cmd = " ".join(x.rsplit("/", 1)[-1] if i == 0 else x
-                   for i, x in enumerate((p.get("cmdline") or p.get("comm") or "").split()))
-    if len(cmd) > 40:
-        cmd = cmd[:39] + "…"
-    unit = f", {p['unit']}" if p.get("unit") else ""
-    return f"{cmd} (pid {p.get('pid')}{unit})"
+    return Process(**{k: p.get(k) for k in ("pid", "comm", "cmdline", "user", "unit",
+                                             "container", "netns")}).text()
 
 
 def _counter_evidence(finding: Finding, f: Facts, names: tuple[str, ...]) -> None:

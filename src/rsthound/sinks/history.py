@@ -263,6 +263,16 @@ class History:
                  "process": json.loads(p) if p else None, "seen_start": bool(seen)}
                 for a, t0, t1, p, seen in rows]
 
+    def recent_listeners(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The listeners that started or stopped last, newest first, with their port."""
+        rows = self.db.execute(
+            "SELECT port, addr, started, stopped, process, seen_start FROM listeners "
+            "ORDER BY max(started, coalesce(stopped, 0)) DESC, rowid DESC LIMIT ?", (limit,))
+        return [{"port": port, "addr": a, "started": t0 / 1000,
+                 "stopped": None if t1 is None else t1 / 1000,
+                 "process": json.loads(p) if p else None, "seen_start": bool(seen)}
+                for port, a, t0, t1, p, seen in rows]
+
     def _save_last(self, source: str, wall: float, values: dict[str, int]) -> None:
         self._set("last", json.dumps({"source": source, "wall": wall, "values": values},
                                      separators=(",", ":")))

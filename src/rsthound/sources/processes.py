@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rsthound.model import printable
+
 
 @dataclass(frozen=True)
 class Process:
@@ -29,14 +31,14 @@ class Process:
     def command(self) -> str:
         """The command line with its program's base name: "python3 /opt/collector.py"."""
         argv = self.cmdline.split() or [self.comm]
-        return " ".join([os.path.basename(argv[0]), *argv[1:]])
+        return printable(" ".join([os.path.basename(argv[0]), *argv[1:]]))
 
     def text(self) -> str:
         """"python3 /opt/collector.py (pid 4312, collector.service)": the command line (its
         program's base name, then its arguments) tells more than the name (python3, java),
         so it comes first, cut at 40 characters."""
-        where = f", {self.unit}" if self.unit else (
-            f", container {self.container[:12]}" if self.container else "")
+        where = f", {printable(self.unit)}" if self.unit else (
+            f", container {printable(self.container[:12])}" if self.container else "")
         cmd = self.command()
         if len(cmd) > 40:
             cmd = cmd[:39] + "…"

@@ -18,6 +18,7 @@ processes that are gone are removed at start.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import subprocess
@@ -39,6 +40,7 @@ READ_EVERY = 0.05  # seconds between reads of the trace
 # hold is lost (some events then name no process) instead of packets.
 READ_BUDGET = 16 << 10
 PAGE = 4096
+_serial = itertools.count(1)
 
 
 def find_tracefs() -> str:
@@ -123,7 +125,8 @@ class Tracer:
                 _remove_instance(f"{base}/{name}")
 
     def _instance(self) -> str:
-        path = f"{self.root}/instances/rsthound-{os.getpid()}"
+        # one per Tracer: watch's always-on capture and its investigations trace at once
+        path = f"{self.root}/instances/rsthound-{os.getpid()}-{next(_serial)}"
         os.mkdir(path)
         self.instances.append(path)
         return path

@@ -1,0 +1,173 @@
+"""`watch --listen`'s always-on capture: every reset and failed connect of the namespace,
+classified as `diagnose` would (the same `analyze.diagnosis`, once a second over what that
+second saw), and tallied by cause and service for /metrics and the dashboard.
+
+Label values are bounded: the first `top` services seen keep their own label, later ones
+are counted under service="other", so 10,000 failing ports make at most top + 1 series per
+cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from rsthound.analyze.diagnosis import Facts, diagnose
+from rsthound.errors import RstHoundError
+from rsthound.model import Conn, Reset, ResetKind, join_hostport
+from rsthound.sources.procfs import in_netns, netns_path
+
+TICK = 1.0
+FIREWALL_EVERY = 30.0  # seconds between reads of the nftables rules
+KEEP_SERVICES = 200  # services remembered for the dashboard (most failures first)
+
+
+class Monitor:
+    def __init__(self, netns: str | None = None, top: int = 20, trace: bool = True) -> None:
+        self.netns = netns
+        self.top = top
+        self.trace = trace
+        self.failed: Counter[tuple[str, str]] = Counter()  # (cause, service label)
+        self.resets: Counter[tuple[str, str, str]] = Counter()  # (kind, direction, label)
+        self.services: dict[str, dict[str, Any]] = {}  # service -> what the dashboard shows
+        self.labelled: set[str] = set()
+        self.error: str | None = None  # why it does not capture, when it does not
+        self.running = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rsthound-monitor",
+                                        daemon=True)
+        self._local: dict[str, bool] = {}
+        self._firewall: tuple[float, Any] = (-1e9, None)
+        self._paths: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def label(self, service: str) -> str:
+        """The service's label value: itself for the first `top` services, then "other"."""
+        if service in self.labelled:
+            return service
+        if len(self.labelled) < self.top:
+            self.labelled.add(service)
+            return service
+        return "other"
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"failed": dict(self.failed), "resets": dict(self.resets),
+                    "services": sorted(self.services.values(), key=lambda s: -s["count"]),
+                    "running": self.running, "error": self.error}
+
+    # -- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        from rsthound.analyze.session import Analysis
+        from rsthound.investigate import _seen, _timeout
+        from rsthound.sources.live import LiveCapture
+        from rsthound.sources.procfs import CounterReader
+        from rsthound.sources.sockdiag import ListenerReader, owners_of
+
+        ns_path = netns_path(self.netns) if self.netns else None
+        tracer = live = counters = sockets = None
+        try:
+            live = in_netns(ns_path, LiveCapture) if ns_path else LiveCapture()
+            if self.trace:
+                from rsthound.sources.tracefs import Tracer
+
+                with contextlib.suppress(RstHoundError, OSError):
+                    tracer = Tracer()
+            counters = CounterReader(netns=self.netns)
+            sockets = ListenerReader(self.netns)
+        except (RstHoundError, OSError) as e:
+            self.error = str(e)
+            for thing in (live, tracer, counters, sockets):
+                if thing is not None:
+                    thing.close()
+            return
+        resets: list[Reset] = []
+        timeouts: list[Conn] = []
+        analysis = Analysis(on_reset=resets.append, summarize=False, ifname=live.ifname,
+                            on_conn=lambda c: timeouts.append(c)
+                            if c.failure is ResetKind.TIMEOUT else None)
+        self.running = True
+        start, before = time.time(), counters.read().values
+        listening = sockets.read()
+        try:
+            for batch in live.batches(self._stop.is_set):
+                if len(batch):
+                    analysis.feed(batch)
+                analysis.table.expire_unanswered(time.time())
+                now = time.time()
+                if now - start < TICK:
+                    continue
+                after, now_listening = counters.read().values, sockets.read()
+                owners = owners_of({x.inode for x in now_listening})
+                for x in now_listening:
+                    x.process = owners.get(x.inode)
+                seen = [_seen(r, tracer) for r in resets] + [_timeout(c, tracer)
+                                                           for c in timeouts]
+                facts = Facts(start, now, seen, captured=True, listeners_before=listening,
+                              listeners=now_listening,
+                              counters={k: v - before[k] for k, v in after.items()
+                                        if v is not None and before.get(k) is not None})
+                self._context(facts, ns_path)
+                self._tally(facts, resets)
+                resets.clear()
+                timeouts.clear()
+                start, before, listening = now, after, now_listening
+        except RstHoundError as e:
+            self.error = str(e)
+        finally:
+            self.running = False
+            for thing in (live, tracer, counters, sockets):
+                if thing is not None:
+                    with contextlib.suppress(Exception):
+                        thing.close()
+
+    def _context(self, facts: Facts, ns_path: str | None) -> None:
+        """What diagnosis needs besides packets, cached: the addresses, rules and routes
+        change rarely."""
+        from rsthound.sources.netstate import is_local, read_firewall, read_path
+
+        addrs = {s.server[0] for s in facts.seen} | {s.sender for s in facts.seen if s.sender}
+        new = addrs - self._local.keys()
+        if new:
+            self._local.update(is_local(new, ns_path))
+        facts.local = self._local
+        if facts.seen:
+            if time.monotonic() - self._firewall[0] > FIREWALL_EVERY:
+                self._firewall = (time.monotonic(), read_firewall(ns_path))
+            facts.firewall = self._firewall[1]
+        for s in facts.seen:
+            if s.kind is ResetKind.TIMEOUT and s.server[0] not in self._paths:
+                self._paths[s.server[0]] = read_path(s.server[0], ns_path)
+        facts.paths = self._paths
+
+    def _tally(self, facts: Facts, resets: list[Reset]) -> None:
+        findings = diagnose(facts)
+        with self._lock:
+            for r in resets:
+                server = (r.src, r.sport) if r.kind is ResetKind.REFUSED or r.sent_by == "resp" \
+                    else (r.dst, r.dport)
+                direction = "sent" if self._local.get(r.src) else "received"
+                self.resets[(r.kind.value, direction,
+                             self.label(join_hostport(*server)))] += 1
+            for x in findings:
+                if x.service is None or not x.abnormal:
+                    continue
+                self.failed[(x.cause, self.label(x.service))] += x.count
+                s = self.services.setdefault(x.service, {"service": x.service, "count": 0})
+                s.update(count=s["count"] + x.count, cause=x.cause, last=facts.end,
+                         clients=x.clients or s.get("clients", []), fix=x.fix,
+                         server=x.server or s.get("server"))
+            if len(self.services) > KEEP_SERVICES:
+                keep = sorted(self.services.values(), key=lambda s: -s["count"])[:KEEP_SERVICES]
+                self.services = {s["service"]: s for s in keep}
