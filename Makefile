@@ -11,7 +11,7 @@ DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
           prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd \
           prometheus:prometheus promtool:prometheus chromium:chromium hey:hey
 
-.PHONY: run test setup debs lint bench bench-watch bench-diagnose captures clean
+.PHONY: run test setup debs lint bench bench-watch bench-diagnose bench-web captures clean
 
 # diagnose exits 1 when it finds something abnormal: a finding, not a failure of make
 run: setup
@@ -54,6 +54,10 @@ bench: setup
 # what watch costs over 10 minutes, beside nstat once a second (see bench/README.md)
 bench-watch: setup
 	$(BIN)/python bench/run_watch.py --rsthound $(BIN)/rsthound
+
+# /metrics and the API under 50 concurrent clients (hey), while watch samples (root)
+bench-web: setup
+	$(BIN)/python bench/run_web.py --requests 100000 --rsthound $(BIN)/rsthound
 
 # diagnose's time to its finding in the seed's case, its CPU and memory (root)
 bench-diagnose: setup

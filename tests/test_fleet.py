@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 pytestmark = pytest.mark.kernel
 
 RULES = Path(__file__).parent.parent / "contrib" / "prometheus" / "rules.yml"
+DASHBOARD = Path(__file__).parent.parent / "contrib" / "grafana" / "dashboard.json"
 KNOCK = """
 import socket, time
 for _ in range(400):
@@ -109,6 +111,17 @@ def test_only_the_failing_host_alerts_with_its_cause(netns_factory, tmp_path):
                       if a["labels"]["alertname"] == "RstHound_failed_connections")
         assert failed["labels"]["severity"] == "warn", failed
         assert "failed TCP connections on host-b" in failed["annotations"]["summary"]
+        # the Grafana dashboard's queries run on this Prometheus, and its main panels have
+        # the failing host's data
+        dash = json.loads(DASHBOARD.read_text())
+        for panel in dash["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$host", "host-b")
+                got = fetch(f"http://127.0.0.1:{prom_port}/api/v1/query?"
+                            + urllib.parse.urlencode({"query": expr}))
+                assert got["status"] == "success", (panel["title"], got)
+                if panel["id"] in (1, 2, 4, 8):
+                    assert got["data"]["result"], (panel["title"], expr)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -162,6 +162,7 @@ def test_metrics_parse_back_and_name_the_failing_service(netns, tmp_path):
     assert st["services"][0]["service"] == "127.0.0.1:7211"
     assert st["services"][0]["clients"][0]["pid"] == client.pid
     assert [x["port"] for x in st["listeners"]] == [7300]
+    assert st["listeners"][0]["process"]["pid"] == server.pid  # its owner, named
     rates = [r for _, r in st["series"]["Tcp.AttemptFails"]]
     assert 2.0 <= max(rates) <= 6.0, rates
     points = json.loads(get(port, "/api/series?metric=Tcp.OutRsts"))["points"]

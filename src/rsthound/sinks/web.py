@@ -8,14 +8,16 @@ through textContent, so process names and command lines are shown, never run.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import dataclasses
 import hmac
 import json
 import socket
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -29,6 +31,7 @@ from rsthound.report.listeners import listener_obj
 from rsthound.report.prom import WatchCollector
 
 KEEP_SECONDS = 3600  # the samples the API serves: an hour at 1 s
+FRESH = 0.25  # seconds a rendered /metrics or /api/status is served again
 
 
 class WatchState:
@@ -47,6 +50,7 @@ class WatchState:
         self._active: dict[str, dict[str, Any]] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=50)
         self._listeners: list[Any] = []
+        self._owners: dict[int, Any] = {}  # socket inode -> its process (None: unknown)
 
     def sample(self, mono: float, wall: float, values: dict[str, int]) -> None:
         with self._lock:
@@ -70,8 +74,18 @@ class WatchState:
                     "findings": obj.get("findings", []), "findings_summary": obj["summary"]}
 
     def listeners(self, found: list[Any]) -> None:
+        """The listeners now, with their owners (looked up once per socket)."""
+        from rsthound.sources.sockdiag import owners_of
+
+        new = {x.inode for x in found} - self._owners.keys()
+        if new:
+            self._owners.update(owners_of(new))
+            self._owners.update({i: None for i in new if i not in self._owners})
+        alive = {x.inode for x in found}
+        self._owners = {i: p for i, p in self._owners.items() if i in alive}
         with self._lock:
-            self._listeners = list(found)
+            self._listeners = [dataclasses.replace(x, process=self._owners.get(x.inode))
+                               for x in found]
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -117,6 +131,10 @@ class WatchState:
                 return h.recent_listeners(limit)
         except (RstHoundError, OSError):
             return []
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -169,86 +187,135 @@ def _secret(path: str) -> str:
     return text
 
 
+HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self' 'unsafe-inline'",
+}
+MAX_HEAD = 16 << 10  # bytes of request line and headers
+IDLE = 60.0  # seconds a keep-alive connection may wait for its next request
+
+
 class WebServer:
+    """HTTP/1.1 with keep-alive on an asyncio loop of its own (a thread): a request costs a
+    few hundred microseconds, where http.server's thread per connection costs about 1 ms,
+    which 50 concurrent clients turn into queueing."""
+
     def __init__(self, addr: str, port: int, state: WatchState, auth: Auth) -> None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(WatchCollector(state))
-        page = resources.files("rsthound").joinpath("web/index.html").read_bytes()
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "rsthound"
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                if not auth.allows(self.headers.get("Authorization")):
-                    self._send(401, b"authentication required\n", "text/plain",
-                               {"WWW-Authenticate": "Basic realm=\"rsthound\""
-                                if auth.basic else "Bearer"})
-                elif url.path == "/metrics":
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif url.path in ("/", "/index.html"):
-                    self._send(200, page, "text/html; charset=utf-8")
-                elif url.path == "/api/status":
-                    self._json(state.status())
-                elif url.path == "/api/series":
-                    q = parse_qs(url.query)
-                    metric = q.get("metric", ["Tcp.AttemptFails"])[0]
-                    since = float(q.get("since", ["0"])[0] or 0)
-                    self._json({"metric": metric, "points": state.series(metric, since)})
-                elif url.path == "/api/listeners":
-                    st = state.status()
-                    self._json({"listeners": st["listeners"],
-                                "history": st["listener_history"]})
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def do_HEAD(self) -> None:
-                self.do_GET()
-
-            def _refuse(self) -> None:
-                self._send(405, b"read-only: GET only\n", "text/plain", {"Allow": "GET, HEAD"})
-
-            do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
-
-            def _json(self, obj: Any) -> None:
-                self._send(200, json.dumps(obj, separators=(",", ":")).encode(),
-                           "application/json")
-
-            def _send(self, code: int, body: bytes, ctype: str,
-                      extra: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("X-Content-Type-Options", "nosniff")
-                self.send_header("Content-Security-Policy",
-                                 "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                 "script-src 'self' 'unsafe-inline'")
-                for k, v in (extra or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        self.state, self.auth = state, auth
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(WatchCollector(state))
+        self.page = resources.files("rsthound").joinpath("web/index.html").read_bytes()
+        self._made: dict[str, tuple[float, bytes]] = {}
+        self.loop = asyncio.new_event_loop()
         family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-        class Server(ThreadingHTTPServer):
-            address_family = family
-            daemon_threads = True
-
         try:
-            self.httpd = Server((addr, port), Handler)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((addr, port))
+            sock.listen(256)
         except OSError as e:
             raise BadInput(f"cannot listen there: {e.strerror}", f"{addr}:{port}") from None
-        self.address = self.httpd.server_address
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="rsthound-web",
+        self.address = sock.getsockname()
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD))
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rsthound-web",
                                         daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE)
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split(" ")
+                if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                    writer.write(_response(400, b"bad request\n", "text/plain", {}, False))
+                    break
+                method, target, version = parts
+                headers = {k.strip().lower(): v.strip() for k, _, v in
+                           (ln.partition(":") for ln in lines[1:] if ln)}
+                length = int(headers.get("content-length", "0") or 0)
+                if length:  # a body (POST): read and ignore it, within reason
+                    if length > MAX_HEAD:
+                        break
+                    await reader.readexactly(length)
+                keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+                code, body, ctype, extra = self.route(method, target,
+                                                      headers.get("authorization"))
+                if method == "HEAD":
+                    extra = extra | {"Content-Length": str(len(body))}
+                    body = b""
+                writer.write(_response(code, body, ctype, extra, keep))
+                await writer.drain()
+                if not keep:
+                    break
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def route(self, method: str, target: str, authorization: str | None,
+              ) -> tuple[int, bytes, str, dict[str, str]]:
+        """(status, body, content type, extra headers) for one request."""
+        if method not in ("GET", "HEAD"):
+            return 405, b"read-only: GET only\n", "text/plain", {"Allow": "GET, HEAD"}
+        if not self.auth.allows(authorization):
+            how = 'Basic realm="rsthound"' if self.auth.basic else "Bearer"
+            return 401, b"authentication required\n", "text/plain", {"WWW-Authenticate": how}
+        url = urlparse(target)
+        if url.path == "/metrics":
+            return 200, self._cached("metrics", lambda: generate_latest(self.registry)), \
+                CONTENT_TYPE_LATEST, {}
+        if url.path in ("/", "/index.html"):
+            return 200, self.page, "text/html; charset=utf-8", {}
+        if url.path == "/api/status":
+            return 200, self._cached("status", lambda: _dumps(self.state.status())), \
+                "application/json", {}
+        if url.path == "/api/series":
+            q = parse_qs(url.query)
+            metric = q.get("metric", ["Tcp.AttemptFails"])[0]
+            try:
+                since = float(q.get("since", ["0"])[0] or 0)
+            except ValueError:
+                return 400, b"since: not a number\n", "text/plain", {}
+            return 200, _dumps({"metric": metric, "points": self.state.series(metric, since)}), \
+                "application/json", {}
+        if url.path == "/api/listeners":
+            st = self.state.status()
+            return 200, _dumps({"listeners": st["listeners"],
+                                "history": st["listener_history"]}), "application/json", {}
+        return 404, b"not found\n", "text/plain", {}
+
+    def _cached(self, key: str, make: Any) -> bytes:
+        """What changes once a sample (every second) is made at most every FRESH seconds,
+        however many clients ask: 50 dashboards and a few Prometheus servers cost one
+        rendering."""
+        got = self._made.get(key)
+        if got is None or time.monotonic() - got[0] > FRESH:
+            got = self._made[key] = (time.monotonic(), make())
+        return got[1]
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed"}
+
+
+def _response(code: int, body: bytes, ctype: str, extra: dict[str, str], keep: bool) -> bytes:
+    headers = {"Content-Type": ctype, "Content-Length": str(len(body)), **HEADERS, **extra,
+               "Connection": "keep-alive" if keep else "close", "Server": "rsthound"}
+    head = f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode("latin-1") + body

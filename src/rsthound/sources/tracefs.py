@@ -73,7 +73,7 @@ class Tracer:
         self._reasons: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._procs: dict[int, tuple[float, Process]] = {}
         self._tgids: dict[int, int] = {}  # thread -> process, as saved_tgids says
-        self._tgids_read = self._reads = 0
+        self._tgids_read, self._reads = -1, 0
         self.events = 0
         self.behind = False  # the trace came faster than READ_BUDGET allows
         self.instances: list[str] = []
@@ -202,17 +202,19 @@ class Tracer:
         lookup = pid
         if not os.path.exists(f"/proc/{pid}"):  # a thread that is gone: its process
             lookup = self._tgid(pid) or pid
-        proc = describe(lookup, comm)
+        proc = describe(lookup, comm)  # (a live thread's id leads /proc to its process)
         if len(self._procs) > KEEP:
             self._procs.clear()
         self._procs[pid] = (now, proc)
         return proc
 
     def _tgid(self, tid: int) -> int | None:
-        """The process a thread belonged to, from the kernel's saved_tgids (re-read at most
-        once per read of the trace)."""
-        if tid not in self._tgids and self._tgids_read != self._reads:
+        """The process a thread belonged to, from the kernel's saved_tgids, read again for
+        each read of the trace that needs it: thread ids are reused, so an older copy may
+        name the process of an earlier thread with the same id."""
+        if self._tgids_read != self._reads:
             self._tgids_read = self._reads
+            self._tgids = {}
             with contextlib.suppress(OSError, ValueError), open(f"{self.root}/saved_tgids") as f:
                 self._tgids = {int(a): int(b) for a, b in (ln.split() for ln in f)}
         return self._tgids.get(tid)
