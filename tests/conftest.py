@@ -72,6 +72,27 @@ def need_root_tools(*tools: str) -> None:
             pytest.skip(f"needs {t} (make test installs it as root)")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing uses now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tracefs_reason_field() -> bool:
+    """This kernel's tcp:tcp_send_reset carries the reset's reason (6.10+)."""
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.tracefs import find_tracefs
+
+    try:
+        fmt = Path(find_tracefs(), "events/tcp/tcp_send_reset/format").read_text()
+    except (OSError, RstHoundError):
+        return False
+    return "reason;" in fmt
+
+
 class Netns(str):
     """A throwaway network namespace (its name), with loopback up."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Netns
+from conftest import Netns, tracefs_reason_field
 from rsthound.errors import RstHoundError
 
 pytestmark = pytest.mark.kernel
@@ -66,16 +66,6 @@ def client(ns: Netns, host: str, port: int, n: int, mode: str = "sync") -> int:
     p = subprocess.Popen(ns.argv(sys.executable, "-c", CLIENT, host, str(port), str(n), mode))
     assert p.wait(timeout=30) == 0
     return p.pid
-
-
-def tracefs_reason_field() -> bool:
-    from rsthound.sources.tracefs import find_tracefs
-
-    try:
-        fmt = Path(find_tracefs(), "events/tcp/tcp_send_reset/format").read_text()
-    except (OSError, RstHoundError):
-        return False
-    return "reason;" in fmt
 
 
 @pytest.mark.parametrize(("host", "mode"), [("127.0.0.1", "sync"), ("::1", "sync"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Netns
+from conftest import Netns, tracefs_reason_field
 
 pytestmark = pytest.mark.kernel
 
@@ -301,17 +301,6 @@ def in_window(*procs: subprocess.Popen) -> None:
 
 def has_client(f: dict, pid: int) -> bool:
     return any(c["pid"] == pid and c["comm"] == comm() for c in f["clients"])
-
-
-def tracefs_reason_field() -> bool:
-    from rsthound.errors import RstHoundError
-    from rsthound.sources.tracefs import find_tracefs
-
-    try:
-        fmt = Path(find_tracefs(), "events/tcp/tcp_send_reset/format").read_text()
-    except (OSError, RstHoundError):
-        return False
-    return "reason;" in fmt
 
 
 def served(ns: Netns, db: Path, port: int) -> list[dict]:

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Netns
+from conftest import Netns, free_port
 from rsthound.model import printable
 
 OUT = Path(__file__).parent.parent / "test-output"  # kept after the run (git-ignored)
@@ -53,12 +52,6 @@ def _no_leftovers():
         if p.poll() is None:
             p.kill()
         p.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def watch(*argv: str, port: int) -> subprocess.Popen:

@@ -85,7 +85,8 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
         skipped.append({"what": "listeners", "why": "sock_diag netlink and /proc/net/tcp "
                         "could not be read", "how": "run on Linux with /proc mounted"})
     _owners(facts)
-    facts.seen = [_seen(r, tracer) for r in resets] + [_timeout(c, tracer) for c in timeouts]
+    facts.seen = ([seen_reset(r, tracer) for r in resets]
+                  + [seen_timeout(c, tracer) for c in timeouts])
     facts.seen.sort(key=lambda s: s.ts)
     _explain(facts, ns_path, netns, db)
     return facts
@@ -134,7 +135,7 @@ def _owners(facts: Facts) -> None:
         x.process = owners.get(x.inode)
 
 
-def _seen(r: Reset, tracer: Any) -> Seen:
+def seen_reset(r: Reset, tracer: Any) -> Seen:
     from rsthound.report.text import render_reset
 
     if r.kind is ResetKind.REFUSED or r.sent_by == "resp":
@@ -148,7 +149,7 @@ def _seen(r: Reset, tracer: Any) -> Seen:
     return Seen(r.ts, r.kind, server, client, r.src, render_reset(r), proc, reason)
 
 
-def _timeout(c: Conn, tracer: Any) -> Seen:
+def seen_timeout(c: Conn, tracer: Any) -> Seen:
     from rsthound.report.text import render_failure
 
     proc = tracer.process(c.orig_p, c.resp_p) if tracer is not None else None

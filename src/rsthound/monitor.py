@@ -70,7 +70,7 @@ class Monitor:
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:
         from rsthound.analyze.session import Analysis
-        from rsthound.investigate import _seen, _timeout
+        from rsthound.investigate import seen_reset, seen_timeout
         from rsthound.sources.live import LiveCapture
         from rsthound.sources.procfs import CounterReader
         from rsthound.sources.sockdiag import ListenerReader, owners_of
@@ -112,7 +112,7 @@ class Monitor:
                 owners = owners_of({x.inode for x in now_listening})
                 for x in now_listening:
                     x.process = owners.get(x.inode)
-                seen = [_seen(r, tracer) for r in resets] + [_timeout(c, tracer)
+                seen = [seen_reset(r, tracer) for r in resets] + [seen_timeout(c, tracer)
                                                            for c in timeouts]
                 facts = Facts(start, now, seen, captured=True, listeners_before=listening,
                               listeners=now_listening,
