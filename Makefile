@@ -11,7 +11,7 @@ DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
           prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd \
           prometheus:prometheus promtool:prometheus chromium:chromium hey:hey
 
-.PHONY: run test setup debs lint bench bench-watch bench-diagnose bench-web captures clean
+.PHONY: run test setup debs lint bench bench-watch bench-diagnose bench-web fuzz captures clean
 
 # diagnose exits 1 when it finds something abnormal: a finding, not a failure of make
 run: setup
@@ -58,6 +58,10 @@ bench-watch: setup
 # /metrics and the API under 50 concurrent clients (hey), while watch samples (root)
 bench-web: setup
 	$(BIN)/python bench/run_web.py --requests 100000 --rsthound $(BIN)/rsthound
+
+# the parsers' fuzzing, long: 5,000 examples per parser instead of make test's few hundred
+fuzz: setup
+	RSTHOUND_FUZZ=long $(BIN)/python -m pytest -q tests/reliability/test_fuzz.py
 
 # diagnose's time to its finding in the seed's case, its CPU and memory (root)
 bench-diagnose: setup

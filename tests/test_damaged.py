@@ -231,3 +231,16 @@ def test_pcapng_packet_block_with_impossible_lengths(cli, tmp_path):
         "file": str(f), "offset": off, "skipped": 0,
         "reason": "packet block shorter than the packet length it states; the packet is skipped",
     }
+
+
+def test_a_hostile_interface_name_in_a_capture_is_inert(cli, tmp_path):
+    """pcapng interface names come from whoever wrote the file: a terminal escape in one is
+    shown as text, never sent to the terminal."""
+    raw = (DATA / "multi_if.pcapng").read_bytes()
+    at = raw.index(b"rh-c0\0")
+    f = tmp_path / "hostile.pcapng"
+    f.write_bytes(raw[:at] + b"\x1b[2J\x07" + raw[at + 5:])  # same length: clear screen, bell
+    r = cli("analyze", "--resets", f)
+    assert r.code == 0, r.err
+    assert "\x1b" not in r.out and "\x07" not in r.out
+    assert "\\x1b[2J\\x07 IP 10.200.0.2.7211" in r.out, r.out

@@ -588,10 +588,8 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-    tracer = None if args.no_trace else _start_tracer(err)
-    # events wait a moment before they are told: the trace of the same connect may still
-    # be on its way (it names the process)
-    delay = 0.3 if tracer is not None else 0.0
+    tracer = None  # started once the capture is open: no privilege, one line
+    delay = 0.0
     pending: collections.deque[tuple[float, Reset | Conn]] = collections.deque()
     reported = 0
 
@@ -648,6 +646,10 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     try:
         with LiveCapture(args.interface, expression, args.snaplen, write=args.write) as live:
+            tracer = None if args.no_trace else _start_tracer(err)
+            # events wait a moment before they are told: the trace of the same connect may
+            # still be on its way (it names the process)
+            delay = 0.3 if tracer is not None else 0.0
             analysis = Analysis(on_conn=on_conn, on_reset=on_reset, ifname=live.ifname,
                                 summarize=args.summary)
             where = "every interface" if args.interface == "any" else args.interface

@@ -102,11 +102,12 @@ def _merge(path: str, text: str, section: str, table: dict, defaults: tuple, kin
                 _bad(path, text, k, where, f"unknown key (known: {', '.join(known)})")
             want = fields[f].type
             if f == "metric":
-                if v not in BY_NAME:
+                if not isinstance(v, str) or v not in BY_NAME:
                     _bad(path, text, k, where, f"{v!r} is not a counter rsthound reads (see "
                          "'rsthound counters')")
             elif "float" in str(want):
-                if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                        0 <= v < float("inf")):  # NaN fails this too
                     _bad(path, text, k, where, "must be a number >= 0")
             elif "int" in str(want):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:

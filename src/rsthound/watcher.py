@@ -93,67 +93,70 @@ def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
             obj["annotations"].update(notes.get(e.rule, {}))
             return obj
 
-        seen_problems: set[str] = set()
-        start = time.monotonic()
-        tick = start
-        last_resend = start
-        while True:
-            sample = reader.read()
-            for p in sample.problems:
-                if p not in seen_problems:
-                    seen_problems.add(p)
-                    say(f"damaged: {p}")
-            events = [(e, view.event_obj(e, host, reader.label))
-                      for e in alerter.observe(sample.mono, sample.wall, sample.values)]
-            if state is not None:
-                state.sample(sample.mono, sample.wall, sample.values)
-            for e, obj in events:
-                out.write(line(obj) if args.json else view.render_event(e, host))
-                out.flush()
+        try:
+            seen_problems: set[str] = set()
+            start = time.monotonic()
+            tick = start
+            last_resend = start
+            while True:
+                sample = reader.read()
+                for p in sample.problems:
+                    if p not in seen_problems:
+                        seen_problems.add(p)
+                        say(f"damaged: {p}")
+
+                events = [(e, view.event_obj(e, host, reader.label))
+                          for e in alerter.observe(sample.mono, sample.wall, sample.values)]
                 if state is not None:
-                    state.event(obj)
-                if e.event == "alert":
-                    active[e.rule] = e
-                    if investigator is not None:
-                        investigator.start(e)
-                else:
-                    active.pop(e.rule, None)
-                if poster and webhook:
-                    poster.post(webhook, obj)
-                if poster and manager:
-                    poster.post(manager, [am_obj(e)])
-            listening = sockets.read() if sockets is not None else []
-            if state is not None:
-                state.listeners(listening)
-            if history:  # after the alerts are out: a slow disk must not delay them
-                history.sample(sample.mono, sample.wall, sample.values)
-                if sockets is not None:
-                    history.listeners(sample.mono, sample.wall, listening)
+                    state.sample(sample.mono, sample.wall, sample.values)
                 for e, obj in events:
-                    history.event(sample.mono, e, obj)
-            if poster and manager and active and sample.mono - last_resend >= 60:
-                # Alertmanager resolves an alert it has not heard of for a while
-                last_resend = sample.mono
-                poster.post(manager, [am_obj(e) for e in active.values()])
-            if investigator is not None:
-                tell_findings()
-            tick += interval
-            if args.duration is not None and tick - start > args.duration + 1e-6:
-                break
-            if stop.wait(max(0.0, tick - time.monotonic())):
-                break
-        if investigator is not None:  # one still running: what it saw is not lost
-            tell_findings(wait=investigator.duration + 5)
-    if history:
-        history.close()
-    if sockets is not None:
-        sockets.close()
-    if poster:
-        poster.close()
-    if served:
-        served[0].close()
-        if state is not None and state.monitor is not None:
-            state.monitor.close()
+                    out.write(line(obj) if args.json else view.render_event(e, host))
+                    out.flush()
+                    if state is not None:
+                        state.event(obj)
+                    if e.event == "alert":
+                        active[e.rule] = e
+                        if investigator is not None:
+                            investigator.start(e)
+                    else:
+                        active.pop(e.rule, None)
+                    if poster and webhook:
+                        poster.post(webhook, obj)
+                    if poster and manager:
+                        poster.post(manager, [am_obj(e)])
+                listening = sockets.read() if sockets is not None else []
+                if state is not None:
+                    state.listeners(listening)
+                if history:  # after the alerts are out: a slow disk must not delay them
+                    history.sample(sample.mono, sample.wall, sample.values)
+                    if sockets is not None:
+                        history.listeners(sample.mono, sample.wall, listening)
+                    for e, obj in events:
+                        history.event(sample.mono, e, obj)
+                if poster and manager and active and sample.mono - last_resend >= 60:
+                    # Alertmanager resolves an alert it has not heard of for a while
+                    last_resend = sample.mono
+                    poster.post(manager, [am_obj(e) for e in active.values()])
+                if investigator is not None:
+                    tell_findings()
+                tick += interval
+                if args.duration is not None and tick - start > args.duration + 1e-6:
+                    break
+                if stop.wait(max(0.0, tick - time.monotonic())):
+                    break
+            if investigator is not None:  # one still running: what it saw is not lost
+                tell_findings(wait=investigator.duration + 5)
+        finally:  # however the loop ends (a namespace gone, an error): all is closed
+            if history:
+                history.close()
+            if sockets is not None:
+                sockets.close()
+            if poster:
+                poster.close()
+            if served:
+                served[0].close()
+                if state is not None and state.monitor is not None:
+                    state.monitor.close()
 
 
 def _serve(args: argparse.Namespace, host: str, label: str, rules: Any, interval: float,

@@ -241,7 +241,8 @@ class FlowTable:
             flow.orig, flow.resp = flow.resp, flow.orig
             flow.hist.append("^")
             is_orig = not is_orig
-        end.ttls.add(ttl)
+        if ttl not in end.ttls:
+            end.ttls = (*end.ttls, ttl)
         if ipid >= 0:
             end.ipid = ipid
         if kind is not None:

@@ -50,7 +50,7 @@ class Side:
         self.last_syn = -1
         self.last_fin = -1
         self.last_rst = -1
-        self.ttls: set[int] = set()
+        self.ttls: tuple[int, ...] = ()  # one or two values: a set would cost 216 bytes
         self.ipid = -1
 
     def set(self, state: int) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from rsthound.errors import BadInput
 from rsthound.formats.linktypes import SUPPORTED, link_name
 from rsthound.formats.records import BATCH, Interface, RecordBatch, u32_at
-from rsthound.model import Damage
+from rsthound.model import Damage, printable
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
@@ -49,7 +49,8 @@ def parse_idb(body: bytes, fmt: str) -> Interface:
     offset = 0.0
     for code, value in _options(body, 8, fmt):
         if code == 2:
-            name = value.split(b"\0", 1)[0].decode("utf-8", "replace")
+            # from the file: whoever wrote it chose it, so no control characters pass
+            name = printable(value.split(b"\0", 1)[0].decode("utf-8", "replace"))
         elif code == 9 and value:
             v = value[0]
             scale = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v

@@ -19,6 +19,7 @@ import numpy as np
 
 from rsthound.errors import BadInput, NeedPrivilege, NotSupported
 from rsthound.formats.records import Interface, RecordBatch
+from rsthound.model import printable
 
 LINUX_SLL2 = 276
 # What the classification needs: the packets that open, close and reset connections. TCP
@@ -114,7 +115,7 @@ class LiveCapture:
         """This host's name for an interface index (SLL2 carries the index)."""
         if ifindex not in self._names:
             try:
-                self._names[ifindex] = socket.if_indextoname(ifindex)
+                self._names[ifindex] = printable(socket.if_indextoname(ifindex))
             except OSError:
                 self._names[ifindex] = None
         return self._names[ifindex]

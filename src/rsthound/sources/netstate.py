@@ -78,42 +78,50 @@ def parse_nft_text(text: str) -> dict[tuple[str, str, str, int], str]:
 
 
 def parse_nft_json(data: str, texts: dict[tuple[str, str, str, int], str]) -> list[FirewallRule]:
-    """The reject and drop rules of `nft -j list ruleset`, in the order nft lists them."""
+    """The reject and drop rules of `nft -j list ruleset`, in the order nft lists them. An
+    item of a shape this code does not know is passed over, not fatal."""
     try:
-        items = json.loads(data).get("nftables", [])
+        items = json.loads(data).get("nftables")
     except (ValueError, AttributeError):
         return []
-    hooks = {(c["family"], c["table"], c["name"]): c.get("hook")
-             for c in (i.get("chain") for i in items) if c}
+    items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    hooks = {}
+    for c in (i.get("chain") for i in items):
+        with contextlib.suppress(TypeError, KeyError, AttributeError):
+            hooks[(c["family"], c["table"], c["name"])] = c.get("hook")
     rules = []
     for item in items:
-        r = item.get("rule")
-        if not r:
-            continue
-        exprs = r.get("expr", [])
-        verdict = next((v for e in exprs for v in ("reject", "drop") if v in e), None)
-        if verdict is None:
-            continue
-        ports: set[int] | None = None
-        other_l4 = False
-        for e in exprs:
-            m = e.get("match")
-            if not m:
-                continue
-            payload = m.get("left", {}).get("payload", {})
-            if payload.get("protocol") in ("udp", "icmp", "icmpv6"):
-                other_l4 = True
-            if payload.get("protocol") == "tcp" and payload.get("field") == "dport":
-                got = _ports(m.get("right"), m.get("op", "=="))
-                ports = got if ports is None else ports & got
-        if other_l4:
-            continue
-        key = (r["family"], r["table"], r["chain"], int(r["handle"]))
-        hook = hooks.get(key[:3])
-        where = f"{key[0]} {key[1]} {key[2]}" + (f" (hook {hook})" if hook else "")
-        rules.append(FirewallRule(where, key[3], texts.get(key, verdict), verdict,
-                                  None if ports is None else frozenset(ports)))
+        with contextlib.suppress(TypeError, KeyError, AttributeError, ValueError):
+            rule = _rule(item.get("rule"), hooks, texts)
+            if rule is not None:
+                rules.append(rule)
     return rules
+
+
+def _rule(r: dict, hooks: dict, texts: dict) -> FirewallRule | None:
+    """One rule object; None unless it rejects or drops TCP (raises on odd shapes)."""
+    if not r:
+        return None
+    exprs = [e for e in r.get("expr") or [] if isinstance(e, dict)]
+    verdict = next((v for e in exprs for v in ("reject", "drop") if v in e), None)
+    if verdict is None:
+        return None
+    ports: set[int] | None = None
+    for e in exprs:
+        m = e.get("match")
+        if not m:
+            continue
+        payload = (m.get("left") or {}).get("payload") or {}
+        if payload.get("protocol") in ("udp", "icmp", "icmpv6"):
+            return None  # not TCP's
+        if payload.get("protocol") == "tcp" and payload.get("field") == "dport":
+            got = _ports(m.get("right"), m.get("op", "=="))
+            ports = got if ports is None else ports & got
+    key = (str(r["family"]), str(r["table"]), str(r["chain"]), int(r["handle"]))
+    hook = hooks.get(key[:3])
+    where = f"{key[0]} {key[1]} {key[2]}" + (f" (hook {hook})" if hook else "")
+    return FirewallRule(where, key[3], texts.get(key, verdict), verdict,
+                        None if ports is None else frozenset(ports))
 
 
 def _ports(right: object, op: str) -> set[int]:
@@ -122,12 +130,13 @@ def _ports(right: object, op: str) -> set[int]:
     every = set(range(1, 65536))
     found: set[int] = set()
     items = right.get("set") if isinstance(right, dict) and "set" in right else [right]
-    for x in items or []:
-        if isinstance(x, int):
+    for x in items if isinstance(items, list) else [items]:
+        if isinstance(x, int) and not isinstance(x, bool):
             found.add(x)
-        elif isinstance(x, dict) and "range" in x:
+        elif isinstance(x, dict) and isinstance(x.get("range"), list) and len(
+                x["range"]) == 2 and all(isinstance(v, int) for v in x["range"]):
             lo, hi = x["range"]
-            found.update(range(int(lo), int(hi) + 1))
+            found.update(range(max(lo, 1), min(hi, 65535) + 1))
         else:
             return every
     return every - found if op == "!=" else found

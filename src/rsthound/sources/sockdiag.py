@@ -118,20 +118,30 @@ class ListenerReader:
 
 def _replies(s: socket.socket, family: int) -> Iterable[Listener]:
     while True:
-        data = s.recv(1 << 16)
-        off = 0
-        while off + 16 <= len(data):
-            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
-            if length < 16:
-                return
-            if kind == NLMSG_DONE:
-                return
-            if kind == NLMSG_ERROR:
-                err = -struct.unpack_from("=i", data, off + 16)[0]
-                raise OSError(err, os.strerror(err))
-            if kind == SOCK_DIAG_BY_FAMILY:
-                yield _listener(data[off + 16: off + length], family)
-            off += (length + 3) & ~3
+        found: list[Listener] = []
+        if parse_replies(s.recv(1 << 16), family, found):
+            yield from found
+            return
+        yield from found
+
+
+def parse_replies(data: bytes, family: int, found: list[Listener]) -> bool:
+    """One recv() of sock_diag netlink messages: its listeners appended to `found`; True
+    when the dump is done. A message too short for what it claims ends the dump."""
+    off = 0
+    while off + 16 <= len(data):
+        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+        if length < 16 or off + length > len(data):
+            return True
+        if kind == NLMSG_DONE:
+            return True
+        if kind == NLMSG_ERROR:
+            err = -struct.unpack_from("=i", data, off + 16)[0] if length >= 20 else 0
+            raise OSError(err, os.strerror(err))
+        if kind == SOCK_DIAG_BY_FAMILY and length - 16 >= _MSG.size:
+            found.append(_listener(data[off + 16: off + length], family))
+        off += (length + 3) & ~3
+    return False
 
 
 def _listener(msg: bytes, family: int) -> Listener:

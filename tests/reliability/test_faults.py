@@ -1,0 +1,130 @@
+"""Faults under the daemon: the namespace it watches removed, its tracefs instance pulled
+at, SIGTERM in the middle of everything. Each is reported, never a crash, and nothing
+committed is lost. (kill -9 during writes and a full disk: tests/test_history.py and
+tests/test_watch.py.)"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import free_port
+
+pytestmark = pytest.mark.kernel
+
+KNOCK = """
+import socket, time
+for _ in range(100):
+    s = socket.socket()
+    try: s.connect(('127.0.0.1', 7211))
+    except OSError: pass
+    s.close(); time.sleep(0.25)
+"""
+
+
+def status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
+        return json.load(r)
+
+
+def serving(port: int, p: subprocess.Popen, timeout: float = 20) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert p.poll() is None, p.stderr.read()
+        try:
+            st = status(port)
+            if st["capture"]["running"]:
+                return st
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("watch never captured")
+
+
+def test_the_watched_namespace_removed_is_one_line_and_all_closed(netns, tmp_path):
+    """`ip netns del` under a running watch --listen: one line that says so, exit 2, its
+    tracefs instances removed, and the history kept up to the removal."""
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.tracefs import find_tracefs
+
+    try:
+        root = find_tracefs()
+    except RstHoundError as e:
+        pytest.skip(f"tracefs: {e}")
+    client = netns.start(KNOCK)
+    port, db = free_port(), tmp_path / "h.db"
+    p = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
+                          "--db", str(db), "--listen", f"127.0.0.1:{port}",
+                          "--duration", "20"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        serving(port, p)
+        time.sleep(1)
+        client.kill()
+        client.wait()
+        removed = time.time()
+        netns.delete()
+        _, err = p.communicate(timeout=30)
+    finally:
+        client.kill()
+        client.wait()
+    assert p.returncode == 2, err
+    assert "Traceback" not in err
+    said = [ln for ln in err.splitlines() if "removed" in ln]
+    assert len(said) == 1 and f"netns {netns}" in said[0], err
+    assert not glob.glob(f"{root}/instances/rsthound-{p.pid}-*")
+    last = sqlite3.connect(db).execute("SELECT max(t + covered) FROM points").fetchone()[0]
+    assert abs(removed - last / 1000) < 1.5, (removed, last)
+
+
+def test_sigterm_removes_every_tracefs_instance_and_keeps_the_history(netns, tmp_path):
+    """watch --listen with its always-on capture, and an investigation running (an alert
+    fired): SIGTERM ends it with exit 0, its tracefs instances gone and the history
+    written up to the end."""
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.tracefs import find_tracefs
+
+    try:
+        root = find_tracefs()
+    except RstHoundError as e:
+        pytest.skip(f"tracefs: {e}")
+    client = netns.start(KNOCK)
+    port, db = free_port(), tmp_path / "h.db"
+    p = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
+                          "--db", str(db), "--listen", f"127.0.0.1:{port}", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        serving(port, p)
+        for _ in range(100):  # until the alert has set off an investigation
+            if status(port)["active"]:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        ours = glob.glob(f"{root}/instances/rsthound-{p.pid}-*")
+        assert len(ours) == 2, ours  # the always-on capture's, and the investigation's
+        # the kernel keeps an instance whose files are open: pulling it fails, and
+        # tracing goes on
+        with pytest.raises(OSError):
+            os.rmdir(ours[0])
+        killed = time.time()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        client.kill()
+        client.wait()
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
+    assert not glob.glob(f"{root}/instances/rsthound-{p.pid}-*")
+    last = sqlite3.connect(db).execute("SELECT max(t + covered) FROM points").fetchone()[0]
+    assert killed - last / 1000 < 1.5  # the last interval before SIGTERM was written
+    events = [json.loads(ln)["event"] for ln in out.splitlines()]
+    assert events[:2] == ["alert", "findings"], events  # the investigation was not lost
