@@ -128,3 +128,34 @@ def test_sigterm_removes_every_tracefs_instance_and_keeps_the_history(netns, tmp
     assert killed - last / 1000 < 1.5  # the last interval before SIGTERM was written
     events = [json.loads(ln)["event"] for ln in out.splitlines()]
     assert events[:2] == ["alert", "findings"], events  # the investigation was not lost
+
+
+def test_a_read_only_history_is_one_line_and_alerts_go_on(netns, tmp_path):
+    """The history's folder mounted read-only (in a mount namespace of the test's own): one
+    line says so, and the refusal alert still comes."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    folder = tmp_path / "state"
+    folder.mkdir()
+    first = subprocess.run([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
+                            "--db", str(folder / "h.db"), "--duration", "1"],
+                           capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0, first.stderr  # the file exists, with a first row
+    client = netns.start(KNOCK)
+    script = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && "
+              f"exec {sys.executable} -m rsthound watch --netns {netns} --json "
+              f"--db {folder / 'h.db'} --duration 6")
+    try:
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if "history" in ln and "rsthound:" in ln
+            and "watching" not in ln]
+    assert len(said) == 1 and ("read-only" in said[0] or "readonly" in said[0]), r.stderr
+    assert "Traceback" not in r.stderr
+    assert any(json.loads(ln)["event"] == "alert" for ln in r.stdout.splitlines()), r.stdout

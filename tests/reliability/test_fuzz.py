@@ -242,3 +242,51 @@ def test_a_cut_capture_keeps_every_whole_record(cli, tmp_path_factory, path, whe
     else:
         assert r.code == 3 and f"at byte {off}" in r.err, (r.code, r.err, off)
     assert r.json()["packets"] == whole
+
+
+@st.composite
+def frames(draw) -> tuple[int, list[bytes]]:
+    """A link type rsthound reads, and frames for it: real ones from the golden captures
+    with bytes changed, and random ones, so the link layers and IP/TCP decoders see
+    headers that lie (lengths, versions, options, VLAN stacks, IPv6 next headers)."""
+    from rsthound.formats.linktypes import SUPPORTED
+    from rsthound.formats.pcap import parse_pcap_header
+
+    linktype = draw(st.sampled_from(sorted(SUPPORTED)))
+    real = []
+    for p in CLASSIC:
+        raw = p.read_bytes()
+        if parse_pcap_header(raw[:24]).linktype != linktype:
+            continue
+        off = 24
+        while off + 16 <= len(raw):
+            n = struct.unpack_from("<I", raw, off + 8)[0]
+            real.append(raw[off + 16:off + 16 + n])
+            off += 16 + n
+    out = []
+    for _ in range(draw(st.integers(1, 40))):
+        if real and draw(st.booleans()):
+            f = bytearray(draw(st.sampled_from(real)))
+            for _ in range(draw(st.integers(1, 6))):
+                if f:
+                    f[draw(st.integers(0, len(f) - 1))] = draw(st.integers(0, 255))
+            out.append(bytes(f[:draw(st.integers(0, len(f)))]))
+        else:
+            out.append(draw(st.binary(max_size=120)))
+    return linktype, out
+
+
+@given(frames())
+def test_link_layers_and_ip_tcp_decoders(cli, tmp_path_factory, sample):
+    from rsthound.formats.pcap import pcap_file_header, pcap_record
+
+    linktype, packets = sample
+    f = tmp_path_factory.mktemp("frames") / "frames.pcap"
+    f.write_bytes(pcap_file_header(linktype) + b"".join(
+        pcap_record(1_700_000_000 + i / 1000, p) for i, p in enumerate(packets)))
+    r = cli("analyze", "--json", "--no-progress", f)
+    COUNTS["frames"] += 1
+    assert r.code == 0 and "Traceback" not in r.err, (r.code, r.err)
+    got = r.json()
+    assert got["packets"] == len(packets)  # every frame counted, decoded or skipped
+    assert got["tcp_packets"] + sum(got["skipped"].values()) == len(packets), got

@@ -115,6 +115,7 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     ver = np.zeros(n, dtype=np.int64)
     ifindex = np.full(n, -1, dtype=np.int64)
     slow = np.zeros(n, dtype=bool)
+    counted = np.zeros(n, dtype=bool)  # skipped already for their link type
     for code in np.unique(link).tolist():
         m = link == code
         stats.links[lt.link_name(code)] += int(m.sum())
@@ -144,29 +145,34 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
             continue
         else:
             stats.skipped[f"link type {lt.link_name(code)}"] += int(m.sum())
+            counted |= m
             continue
         ver[m] = np.where(et == lt.ETH_IPV4, 4, np.where(et == lt.ETH_IPV6, 6, 0))
 
     p = d + l3  # absolute offset of the IP header
     have = (l3 >= 0) & ~slow
+    # shorter than their link header (an empty frame, say): every packet has a reason
+    stats.skipped["truncated"] += int(((l3 < 0) & ~slow & ~counted).sum())
     stats.skipped["not IP"] += int((have & (ver == 0)).sum())
-    v4 = have & (ver == 4) & (cap >= l3 + 20)
-    v6 = have & (ver == 6) & (cap >= l3 + 40)
-    stats.skipped["truncated"] += int((have & (ver != 0) & ~v4 & ~v6).sum())
+    long4 = have & (ver == 4) & (cap >= l3 + 20)
+    long6 = have & (ver == 6) & (cap >= l3 + 40)
+    stats.skipped["truncated"] += int((have & (ver != 0) & ~long4 & ~long6).sum())
 
+    # Each packet gets exactly one reason: the masks below only ever narrow.
     vihl = at8(p)
     ihl = (vihl & 15).astype(np.int64) * 4
-    v4 &= (vihl >> 4 == 4) & (ihl >= 20)
+    v4 = long4 & (vihl >> 4 == 4) & (ihl >= 20)
+    v6 = long6 & (vihl >> 4 == 6)
+    stats.skipped["bad IP header"] += int(((long4 & ~v4) | (long6 & ~v6)).sum())
     proto4 = at8(p + 9)
     frag = at16(p + 6) & 0x1FFF
     nxt6 = at8(p + 6)
-    v6 &= vihl >> 4 == 6
     ext6 = v6 & np.isin(nxt6, _V6_EXT)
     slow |= ext6
-    v6 &= nxt6 == PROTO_TCP
     stats.skipped["fragment"] += int((v4 & (proto4 == PROTO_TCP) & (frag != 0)).sum())
     other4 = v4 & (proto4 != PROTO_TCP)
-    other6 = have & (ver == 6) & ~v6 & ~ext6
+    other6 = v6 & ~ext6 & (nxt6 != PROTO_TCP)
+    v6 &= nxt6 == PROTO_TCP
     stats.skipped["not TCP"] += int((other4 | other6).sum())
     v4 &= (proto4 == PROTO_TCP) & (frag == 0)
     l4 = np.where(v4, p + ihl, p + 40)
@@ -265,7 +271,8 @@ def _merge_slow(
         try:
             s = parse_ip_tcp(pkt, where[0], where[1])
         except NotTcp as e:
-            stats.skipped[{"not-tcp": "not TCP", "bad-ip": "not IP"}.get(e.reason, e.reason)] += 1
+            stats.skipped[{"not-tcp": "not TCP", "bad-ip": "bad IP header"}.get(e.reason,
+                                                                         e.reason)] += 1
             continue
         got.append((i, s, where[2]))
     if not got:

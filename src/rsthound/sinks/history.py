@@ -105,6 +105,9 @@ class History:
                 os.makedirs(parent, mode=0o750, exist_ok=True)
             except OSError as e:
                 raise BadInput(f"cannot create its folder: {e.strerror}", path) from None
+            # said plainly: SQLite would only say "unable to open database file"
+            if os.statvfs(parent).f_flag & os.ST_RDONLY:
+                raise BadInput("its folder is on a read-only file system", path)
         else:
             try:
                 os.stat(path)
