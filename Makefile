@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 # command:package pairs for what the tests and the product call
 DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2 \
           prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd \
-          prometheus:prometheus promtool:prometheus chromium:chromium hey:hey
+          prometheus:prometheus promtool:prometheus chromium:chromium hey:hey \
+          tcpreplay:tcpreplay
 
 .PHONY: run test setup debs lint bench bench-watch bench-diagnose bench-web fuzz captures clean
 
