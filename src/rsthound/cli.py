@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "rest are 'other' (default 20)")
     w.add_argument("--no-capture", action="store_true",
                    help="with --listen: no always-on capture (only the kernel's counters)")
+    w.add_argument("--user", metavar="NAME",
+                   help="start as root, open what needs it (capture, tracing, sockets), "
+                   "then run as this user")
     _add_db_args(w)
     _add_namespace_args(w)
     w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)

@@ -164,9 +164,11 @@ def _explain(facts: Facts, ns_path: str | None, netns: str | None, db: str | Non
     from rsthound.sources.portnames import port_name
 
     addrs = {s.server[0] for s in facts.seen} | {s.sender for s in facts.seen if s.sender}
-    if addrs:
-        facts.local = is_local(addrs, ns_path)
-    if any(s.kind in (ResetKind.REFUSED, ResetKind.TIMEOUT) for s in facts.seen):
+    missing = addrs - facts.local.keys()  # (an always-on capture's facts know most)
+    if missing:
+        facts.local = {**facts.local, **is_local(missing, ns_path)}
+    if facts.firewall is None and any(s.kind in (ResetKind.REFUSED, ResetKind.TIMEOUT)
+                                      for s in facts.seen):
         facts.firewall = read_firewall(ns_path)
         if facts.firewall is None:
             facts.skipped.append({"what": "firewall rules", "why": "nft is missing or was "
@@ -218,8 +220,10 @@ class Investigator:
     found is picked up by the sampling loop (`finished`), which never waits for them."""
 
     def __init__(self, netns: str | None, db: str | None, duration: float = 3.0,
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
+                 should_stop: Callable[[], bool] = lambda: False, monitor: Any = None,
+                 ) -> None:
         self.netns, self.db, self.duration = netns, db, duration
+        self.monitor = monitor  # watch --listen's always-on capture: watched through it
         self.should_stop = should_stop
         self._thread: threading.Thread | None = None
         self._done: list[tuple[Any, Facts | None, list[Finding], str | None]] = []
@@ -236,7 +240,13 @@ class Investigator:
 
     def _run(self, alert: Any) -> None:
         try:
-            facts = collect(self.duration, self.netns, self.db, should_stop=self.should_stop)
+            if self.monitor is not None and self.monitor.running:
+                facts = self.monitor.window(self.duration, self.should_stop)
+                _explain(facts, netns_path(self.netns) if self.netns else None, self.netns,
+                         self.db)
+            else:
+                facts = collect(self.duration, self.netns, self.db,
+                                should_stop=self.should_stop)
             result = (alert, facts, diagnose(facts), None)
         except (RstHoundError, OSError) as e:
             result = (alert, None, [], str(e))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from rsthound.analyze.diagnosis import Facts, diagnose
@@ -40,6 +41,8 @@ class Monitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rsthound-monitor",
                                         daemon=True)
+        self.recent: deque[Facts] = deque(maxlen=30)  # the last ticks' facts
+        self.instances: list[str] = []  # its tracefs instance, once open
         self._local: dict[str, bool] = {}
         self._firewall: tuple[float, Any] = (-1e9, None)
         self._paths: dict[str, Any] = {}
@@ -84,8 +87,10 @@ class Monitor:
 
                 with contextlib.suppress(RstHoundError, OSError):
                     tracer = Tracer()
+                    self.instances = list(tracer.instances)
             counters = CounterReader(netns=self.netns)
             sockets = ListenerReader(self.netns)
+            self._refresh_firewall(ns_path)  # now: rsthound may run as a user later
         except (RstHoundError, OSError) as e:
             self.error = str(e)
             for thing in (live, tracer, counters, sockets):
@@ -119,6 +124,8 @@ class Monitor:
                               counters={k: v - before[k] for k, v in after.items()
                                         if v is not None and before.get(k) is not None})
                 self._context(facts, ns_path)
+                with self._lock:
+                    self.recent.append(facts)
                 self._tally(facts, resets)
                 resets.clear()
                 timeouts.clear()
@@ -135,21 +142,54 @@ class Monitor:
     def _context(self, facts: Facts, ns_path: str | None) -> None:
         """What diagnosis needs besides packets, cached: the addresses, rules and routes
         change rarely."""
-        from rsthound.sources.netstate import is_local, read_firewall, read_path
+        from rsthound.sources.netstate import is_local, read_path
 
         addrs = {s.server[0] for s in facts.seen} | {s.sender for s in facts.seen if s.sender}
         new = addrs - self._local.keys()
         if new:
-            self._local.update(is_local(new, ns_path))
+            try:
+                self._local.update(is_local(new, ns_path))
+            except RstHoundError:  # the namespace cannot be entered any more: say not
+                self._local.update(dict.fromkeys(new, False))
         facts.local = self._local
         if facts.seen:
             if time.monotonic() - self._firewall[0] > FIREWALL_EVERY:
-                self._firewall = (time.monotonic(), read_firewall(ns_path))
+                self._refresh_firewall(ns_path)
             facts.firewall = self._firewall[1]
         for s in facts.seen:
             if s.kind is ResetKind.TIMEOUT and s.server[0] not in self._paths:
                 self._paths[s.server[0]] = read_path(s.server[0], ns_path)
         facts.paths = self._paths
+
+    def _refresh_firewall(self, ns_path: str | None) -> None:
+        """The nftables rules again; the last ones known where nft now refuses (a user)."""
+        from rsthound.sources.netstate import read_firewall
+
+        got = read_firewall(ns_path)
+        self._firewall = (time.monotonic(), got if got is not None else self._firewall[1])
+
+    def window(self, seconds: float, should_stop: Callable[[], bool]) -> Facts:
+        """What the next `seconds` bring, as one investigation's Facts: the always-on
+        capture's ticks merged, so an investigation needs no capture or trace of its own."""
+        start = time.time()
+        while time.time() < start + seconds + TICK and not should_stop():
+            with self._lock:
+                if self.recent and self.recent[-1].end >= start + seconds:
+                    break
+            time.sleep(0.1)
+        with self._lock:
+            parts = [f for f in self.recent if f.end > start]
+        if not parts:
+            return Facts(start, time.time(), captured=self.running)
+        merged = Facts(parts[0].start, parts[-1].end, captured=True,
+                       listeners_before=parts[0].listeners_before,
+                       listeners=parts[-1].listeners, local=dict(self._local),
+                       firewall=parts[-1].firewall, paths=dict(self._paths))
+        for f in parts:
+            merged.seen += f.seen
+            for k, v in f.counters.items():
+                merged.counters[k] = merged.counters.get(k, 0) + v
+        return merged
 
     def _tally(self, facts: Facts, resets: list[Reset]) -> None:
         findings = diagnose(facts)

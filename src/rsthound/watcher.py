@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import socket
 import threading
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 from rsthound.analyze.alerts import Alerter
 from rsthound.config import load_config
+from rsthound.errors import BadInput
 from rsthound.investigate import Investigator
 from rsthound.report import alerts as view
 from rsthound.report.diagnosis import finding_obj, findings_text
@@ -27,6 +29,13 @@ from rsthound.sources.procfs import CounterReader
 
 def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     """`rsthound watch`: sample, alert, investigate, keep history, serve; until stopped."""
+    if args.user and os.geteuid() != 0:
+        raise BadInput("--user: only root can become another user (run it as root)",
+                       args.user)
+    if args.user and args.netns:
+        raise BadInput("--user and --netns: reading another namespace needs root "
+                       "throughout (run watch inside the namespace instead: ip netns exec)",
+                       args.user)
     cfg = load_config(args.config)
     interval = args.interval or 1.0
     host = args.host or cfg.host or socket.gethostname()
@@ -61,7 +70,10 @@ def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
         state = served[1] if served else None
         sockets = _listener_reader(where, say) if history or state else None
         investigator = None if args.no_investigate else Investigator(
-            args.netns, db, should_stop=stop.is_set)
+            args.netns, db, should_stop=stop.is_set,
+            monitor=state.monitor if state is not None else None)
+        if args.user:
+            _become(args.user, state.monitor if state is not None else None, db, say)
 
         def tell_findings(wait: float = 0.0) -> None:
             for alert, facts, findings, error in investigator.finished(wait):
@@ -190,3 +202,58 @@ def _listener_reader(netns: str | None, say: Callable[[str], None]) -> Any:
     except (RstHoundError, OSError) as e:
         say(f"history: no listener history: {e}")
         return None
+
+
+# Run as root until watch is gone, then remove the tracefs instances, which only root may.
+_CLEANUP = """
+import os, sys
+sys.stdin.buffer.read()
+for path in sys.argv[1:]:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+"""
+_helpers: list[Any] = []  # kept: their pipe closes when watch exits
+
+
+def _become(user: str, monitor: Any, db: str | None, say: Callable[[str], None]) -> None:
+    """Run as `user` from now on: the counters, listeners, history, web server, always-on
+    capture and its tracefs instance are open already and stay so."""
+    import pwd
+    import subprocess
+    import sys
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise BadInput("no such user", user) from None
+    if monitor is not None:  # its capture and trace open on its thread: wait for them
+        for _ in range(100):
+            if monitor.running or monitor.error:
+                break
+            time.sleep(0.1)
+    if monitor is not None and monitor.instances:
+        _helpers.append(subprocess.Popen(
+            [sys.executable, "-c", _CLEANUP, *monitor.instances], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    if db:  # the history goes on being written, and may need opening again
+        for path in (os.path.dirname(db), db, db + "-wal", db + "-shm"):
+            if os.path.exists(path):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+    # what investigations import later, imported now: as the user, Python's own library
+    # may be out of reach (an interpreter under /root, say)
+    import importlib
+
+    for name in ("rsthound.investigate", "rsthound.sources.portnames",
+                 "rsthound.sources.netstate", "rsthound.sources.processes",
+                 "rsthound.sinks.history", "rsthound.report.text", "rsthound.report.diagnosis",
+                 "rsthound.analyze.diagnosis", "rsthound.analyze.session"):
+        importlib.import_module(name)
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    say(f"running as {user} from now on; what needs root is open already (investigations "
+        "use the always-on capture)" if monitor is not None else
+        f"running as {user} from now on (investigations will lack capture and tracing: "
+        "add --listen for an always-on capture)")

@@ -133,3 +133,75 @@ def test_webhooks_verify_tls_by_default(https_receiver, monkeypatch):
     poster.post(url, {"event": "alert"})
     poster.close()
     assert said == [] and json.loads(got[0]) == {"event": "alert"}
+
+
+def test_watch_runs_as_a_user_once_what_needs_root_is_open(netns_factory):
+    """watch --listen --user nobody, inside a namespace with refusals: it runs as nobody,
+    its investigation (through the always-on capture opened as root) still names the
+    service, the cause and the client, and its tracefs instance is gone after it exits."""
+    import glob
+
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.tracefs import find_tracefs
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    try:
+        root = find_tracefs()
+    except RstHoundError as e:
+        pytest.skip(f"tracefs: {e}")
+    ns = netns_factory()
+    client = subprocess.Popen(ns.argv(sys.executable, "-c", KNOCK))
+    watch = subprocess.Popen(ns.argv(sys.executable, "-m", "rsthound", "watch", "--listen",
+                                     f"127.0.0.1:{free_port()}", "--user", "nobody",
+                                     "--no-history", "--json", "--duration", "8"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        uids = set()
+        for _ in range(60):
+            try:
+                with open(f"/proc/{watch.pid}/status") as f:
+                    uids = {ln.split()[1] for ln in f if ln.startswith("Uid:")}
+            except OSError:
+                break
+            if uids == {"65534"}:
+                break
+            time.sleep(0.1)
+        out, err = watch.communicate(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    if "No module named" in err or "Permission denied" in err:
+        pytest.skip(f"python cannot run as nobody here: {err.strip()[-200:]}")
+    assert watch.returncode == 0, err
+    assert uids == {"65534"}, uids  # the real uid, as ps shows it
+    assert "running as nobody" in err and "Traceback" not in err, err
+    found = [json.loads(ln) for ln in out.splitlines() if '"findings"' in ln]
+    assert found, out
+    top = found[0]["findings"][0]
+    assert (top["cause"], top["service"]) == ("no-listener", "127.0.0.1:7211"), top
+    assert [c["pid"] for c in top["clients"]] == [client.pid], top
+    for _ in range(30):  # the root helper removes the instance once watch is gone
+        if not glob.glob(f"{root}/instances/rsthound-{watch.pid}-*"):
+            break
+        time.sleep(0.1)
+    assert not glob.glob(f"{root}/instances/rsthound-{watch.pid}-*")
+
+
+KNOCK = """
+import socket, time
+for _ in range(60):
+    s = socket.socket()
+    try: s.connect(('127.0.0.1', 7211))
+    except OSError: pass
+    s.close(); time.sleep(0.25)
+"""
+
+
+def test_watch_user_mistakes_are_one_line(cli):
+    if os.geteuid() != 0:
+        pytest.skip("--user is for root")
+    r = cli("watch", "--user", "nobody", "--netns", "blue", "--duration", "0")
+    assert r.code == 2 and r.err.count("\n") == 1 and "--user and --netns" in r.err, r.err
+    r = cli("watch", "--user", "no-such-user-here", "--no-history", "--duration", "0")
+    assert r.code == 2 and r.err.endswith("rsthound: no-such-user-here: no such user\n"), r.err

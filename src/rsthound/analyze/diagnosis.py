@@ -365,8 +365,16 @@ def _drops_grew(x: Listener, f: Facts) -> int:
 
 
 def _clients(seen: list[Seen]) -> list[dict[str, Any]]:
-    counts: Counter[Process] = Counter(s.process for s in seen if s.process is not None)
-    return [p.obj() | {"count": n} for p, n in counts.most_common()]
+    """One entry per process id (what /proc said of it may differ from look to look: a
+    process that changed its name, or one looked at before and after watch became a
+    user), the first description kept."""
+    counts: Counter[int] = Counter()
+    first: dict[int, Process] = {}
+    for s in seen:
+        if s.process is not None:
+            counts[s.process.pid] += 1
+            first.setdefault(s.process.pid, s.process)
+    return [first[pid].obj() | {"count": n} for pid, n in counts.most_common()]
 
 
 def _client_hint(finding: Finding) -> str:
