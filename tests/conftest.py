@@ -93,6 +93,16 @@ def tracefs_reason_field() -> bool:
     return "reason;" in fmt
 
 
+_KNOCK = """
+import socket, time
+for _ in range({n}):
+    s = socket.socket()
+    try: s.connect(('127.0.0.1', {port}))
+    except OSError: pass
+    s.close(); time.sleep({gap})
+"""
+
+
 class Netns(str):
     """A throwaway network namespace (its name), with loopback up."""
 
@@ -125,6 +135,11 @@ class Netns(str):
         finally:
             p.kill()
             p.wait()
+
+    def knock(self, n: int, gap: float, port: int = 7211) -> subprocess.Popen:
+        """A client connecting to 127.0.0.1:port n times, `gap` seconds apart (refused
+        where nothing listens); its pid is the Popen's."""
+        return self.start(_KNOCK.format(n=n, gap=gap, port=port))
 
     def drop_syns(self, port: int, syn_retries: int) -> None:
         """Silently drop SYNs to `port` (nftables), and give up connects after

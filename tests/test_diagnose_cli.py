@@ -12,15 +12,6 @@ import pytest
 
 from conftest import Netns
 
-KNOCK = """
-import socket, time
-for _ in range(40):
-    s = socket.socket()
-    try: s.connect(('127.0.0.1', 7211))
-    except OSError: pass
-    s.close(); time.sleep(0.5)
-"""
-
 
 def run(ns: Netns, *argv: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     return subprocess.run(ns.argv(*prefix, sys.executable, "-m", "rsthound", *argv),
@@ -54,7 +45,7 @@ def test_without_root_it_does_what_it_can_and_says_what_it_skipped(netns):
     or process: that needs capture and tracing), and the skipped parts say how to get them."""
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux)")
-    client = netns.start(KNOCK)
+    client = netns.knock(40, 0.5)
     try:
         r = run(netns, "diagnose", "--json", "--duration", "2",
                 prefix=("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",

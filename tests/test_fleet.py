@@ -22,14 +22,7 @@ pytestmark = pytest.mark.kernel
 
 RULES = Path(__file__).parent.parent / "contrib" / "prometheus" / "rules.yml"
 DASHBOARD = Path(__file__).parent.parent / "contrib" / "grafana" / "dashboard.json"
-KNOCK = """
-import socket, time
-for _ in range(400):
-    s = socket.socket()
-    try: s.connect(('127.0.0.1', 7211))
-    except OSError: pass
-    s.close(); time.sleep(0.5)
-"""
+
 
 
 def fetch(url: str) -> object:
@@ -57,7 +50,8 @@ def test_only_the_failing_host_alerts_with_its_cause(netns_factory, tmp_path):
             start([sys.executable, "-m", "rsthound", "watch", "--netns", ns, "--host", name,
                    "--no-history", "--no-investigate", "--listen",
                    f"127.0.0.1:{ports[name]}"])
-        client = start(hosts["host-b"].argv(sys.executable, "-c", KNOCK))
+        client = hosts["host-b"].knock(400, 0.5)
+        procs.append(client)
         am_port, prom_port = free_port(), free_port()
         (tmp_path / "am.yml").write_text("route:\n  receiver: none\nreceivers:\n"
                                          "  - name: none\n")

@@ -21,14 +21,7 @@ from conftest import free_port
 
 pytestmark = pytest.mark.kernel
 
-KNOCK = """
-import socket, time
-for _ in range(100):
-    s = socket.socket()
-    try: s.connect(('127.0.0.1', 7211))
-    except OSError: pass
-    s.close(); time.sleep(0.25)
-"""
+
 
 
 def status(port: int) -> dict:
@@ -60,7 +53,7 @@ def test_the_watched_namespace_removed_is_one_line_and_all_closed(netns, tmp_pat
         root = find_tracefs()
     except RstHoundError as e:
         pytest.skip(f"tracefs: {e}")
-    client = netns.start(KNOCK)
+    client = netns.knock(100, 0.25)
     port, db = free_port(), tmp_path / "h.db"
     p = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
                           "--db", str(db), "--listen", f"127.0.0.1:{port}",
@@ -68,7 +61,7 @@ def test_the_watched_namespace_removed_is_one_line_and_all_closed(netns, tmp_pat
                          stderr=subprocess.PIPE, text=True)
     try:
         serving(port, p)
-        time.sleep(1)
+        time.sleep(4)
         client.kill()
         client.wait()
         removed = time.time()
@@ -83,7 +76,9 @@ def test_the_watched_namespace_removed_is_one_line_and_all_closed(netns, tmp_pat
     assert len(said) == 1 and f"netns {netns}" in said[0], err
     assert not glob.glob(f"{root}/instances/rsthound-{p.pid}-*")
     last = sqlite3.connect(db).execute("SELECT max(t + covered) FROM points").fetchone()[0]
-    assert abs(removed - last / 1000) < 1.5, (removed, last)
+    # kept to the end: written within two intervals of the removal (not stopped earlier,
+    # some 4 s before; a busy machine may be late by one interval)
+    assert last / 1000 >= removed - 2.0, (removed, last)
 
 
 def test_sigterm_removes_every_tracefs_instance_and_keeps_the_history(netns, tmp_path):
@@ -97,7 +92,7 @@ def test_sigterm_removes_every_tracefs_instance_and_keeps_the_history(netns, tmp
         root = find_tracefs()
     except RstHoundError as e:
         pytest.skip(f"tracefs: {e}")
-    client = netns.start(KNOCK)
+    client = netns.knock(100, 0.25)
     port, db = free_port(), tmp_path / "h.db"
     p = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
                           "--db", str(db), "--listen", f"127.0.0.1:{port}", "--json"],
@@ -126,7 +121,7 @@ def test_sigterm_removes_every_tracefs_instance_and_keeps_the_history(netns, tmp
     assert "Traceback" not in err
     assert not glob.glob(f"{root}/instances/rsthound-{p.pid}-*")
     last = sqlite3.connect(db).execute("SELECT max(t + covered) FROM points").fetchone()[0]
-    assert killed - last / 1000 < 1.5  # the last interval before SIGTERM was written
+    assert last / 1000 >= killed - 2.0  # written to the end, not stopped earlier
     events = [json.loads(ln)["event"] for ln in out.splitlines()]
     assert events[:2] == ["alert", "findings"], events  # the investigation was not lost
 
@@ -144,7 +139,7 @@ def test_a_read_only_history_is_one_line_and_alerts_go_on(netns, tmp_path):
                             "--db", str(folder / "h.db"), "--duration", "1"],
                            capture_output=True, text=True, timeout=30)
     assert first.returncode == 0, first.stderr  # the file exists, with a first row
-    client = netns.start(KNOCK)
+    client = netns.knock(100, 0.25)
     script = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && "
               f"exec {sys.executable} -m rsthound watch --netns {netns} --json "
               f"--db {folder / 'h.db'} --duration 6")

@@ -151,7 +151,7 @@ def test_watch_runs_as_a_user_once_what_needs_root_is_open(netns_factory):
     except RstHoundError as e:
         pytest.skip(f"tracefs: {e}")
     ns = netns_factory()
-    client = subprocess.Popen(ns.argv(sys.executable, "-c", KNOCK))
+    client = ns.knock(60, 0.25)
     watch = subprocess.Popen(ns.argv(sys.executable, "-m", "rsthound", "watch", "--listen",
                                      f"127.0.0.1:{free_port()}", "--user", "nobody",
                                      "--no-history", "--json", "--duration", "8"),
@@ -188,14 +188,7 @@ def test_watch_runs_as_a_user_once_what_needs_root_is_open(netns_factory):
     assert not glob.glob(f"{root}/instances/rsthound-{watch.pid}-*")
 
 
-KNOCK = """
-import socket, time
-for _ in range(60):
-    s = socket.socket()
-    try: s.connect(('127.0.0.1', 7211))
-    except OSError: pass
-    s.close(); time.sleep(0.25)
-"""
+
 
 
 def test_watch_user_mistakes_are_one_line(cli):
