@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rsthound.analyze.diagnosis import SINCE_METRIC, Facts, Finding, Seen, diagnose
+from rsthound.analyze.rates import increases
 from rsthound.errors import NeedPrivilege, RstHoundError
 from rsthound.metrics import BY_NAME
 from rsthound.model import Conn, Reset, ResetKind
@@ -72,8 +73,8 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
         if tracer is not None:
             time.sleep(TRACE_LAG)
         after = counters.read().values if counters else {}
-        facts.counters = {k: v - before[k] for k, v in after.items()  # rsthound's table
-                          if k in BY_NAME and v is not None and before.get(k) is not None}
+        facts.counters = {k: n for k, n in increases(before, after).items()
+                          if k in BY_NAME}  # rsthound's table
         facts.listeners_before = listening_before
         facts.listeners = listeners.read() if listeners else []
     finally:

@@ -14,7 +14,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from rsthound.analyze.rates import increase
+from rsthound.analyze.rates import increases
 
 LEVELS = ("warn", "error", "critical")
 
@@ -144,7 +144,7 @@ class Alerter:
     def observe(self, mono: float, wall: float, values: dict[str, int]) -> list[Event]:
         if self._prev is not None:
             pmono, pvals = self._prev
-            inc = {k: increase(pvals[k], v) for k, v in values.items() if k in pvals}
+            inc = increases(pvals, values)
             self._steps.append((mono - pmono, wall, inc))
         self._prev = (mono, values)
         if not self._steps:

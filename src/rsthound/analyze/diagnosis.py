@@ -148,7 +148,7 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
             if rejects:
                 finding.why += f"a firewall rule rejects them ({rejects[0].text})"
                 finding.fix = (f"remove or narrow that rule (nft -a list ruleset; nft delete "
-                               f"rule {_rule_ref(rejects[0])} handle {rejects[0].handle}), or "
+                               f"rule {rejects[0].chain_ref} handle {rejects[0].handle}), or "
                                "let this client through")
             else:
                 finding.why += "the resets do not come from it (a firewall rule or a middlebox)"
@@ -172,7 +172,7 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
             finding.cause = "firewall-drop"
             finding.evidence += [r.describe() for r in drops]
             finding.why = f"a firewall rule here drops the SYNs ({drops[0].text})"
-            finding.fix = (f"remove or narrow that rule (nft delete rule {_rule_ref(drops[0])} "
+            finding.fix = (f"remove or narrow that rule (nft delete rule {drops[0].chain_ref} "
                            f"handle {drops[0].handle}), or let this client through")
         elif path is not None and path.answers_on_link:
             finding.cause = "firewall-drop"
@@ -415,10 +415,6 @@ def _since(finding: Finding, f: Facts) -> float | None:
 def _most_common(values: Any) -> str | None:
     got = Counter(v for v in values if v)
     return got.most_common(1)[0][0] if got else None
-
-
-def _rule_ref(r: FirewallRule) -> str:
-    return " ".join(r.where.split(" (")[0].split())
 
 
 def _n(n: int, thing: str) -> str:

@@ -21,8 +21,13 @@ def increase(prev: int, cur: int) -> int:
     return cur
 
 
+def increases(prev: dict[str, int], cur: dict[str, int]) -> dict[str, int]:
+    """The increase of every counter present in both samples."""
+    return {k: increase(prev[k], v) for k, v in cur.items() if k in prev}
+
+
 def rates(prev: dict[str, int], cur: dict[str, int], seconds: float) -> dict[str, float]:
     """Per-second rate of every counter present in both samples."""
     if seconds <= 0:
         return {}
-    return {k: increase(prev[k], v) / seconds for k, v in cur.items() if k in prev}
+    return {k: n / seconds for k, n in increases(prev, cur).items()}

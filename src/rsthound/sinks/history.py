@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rsthound.analyze.alerts import Event
-from rsthound.analyze.rates import increase
+from rsthound.analyze.rates import increases
 from rsthound.errors import BadInput, NeedPrivilege
 from rsthound.metrics import BY_NAME
 from rsthound.report.timefmt import seconds
@@ -209,7 +209,7 @@ class History:
         if not last or last.get("source") != source or not source or last["wall"] >= wall:
             self._save_last(source, wall, values)
             return None
-        incs = {k: increase(v, values[k]) for k, v in last["values"].items() if k in values}
+        incs = increases(last["values"], values)
         self.add(source, last["wall"], wall, values, incs)
         return float(last["wall"])
 
@@ -409,7 +409,7 @@ class Recorder:
                                  "since the last run from the counters")
                 else:
                     prev_wall, prev = self._prev
-                    incs = {k: increase(prev[k], v) for k, v in values.items() if k in prev}
+                    incs = increases(prev, values)
                     self.store.add(self.source, prev_wall, wall, values, incs)
             except (sqlite3.Error, OSError) as e:
                 self._fail(mono, str(e))

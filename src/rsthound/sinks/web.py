@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rsthound.analyze.alerts import Rule
-from rsthound.analyze.rates import increase
+from rsthound.analyze.rates import increases
 from rsthound.errors import BadInput
 from rsthound.report.listeners import listener_obj
 from rsthound.report.prom import WatchCollector
@@ -56,11 +56,10 @@ class WatchState:
         with self._lock:
             if self._prev is not None:
                 dt = mono - self._prev[0]
-                inc = {k: increase(self._prev[1][k], v) for k, v in values.items()
-                       if v is not None and self._prev[1].get(k) is not None}
+                inc = increases(self._prev[1], values)
                 self._samples.append((wall, dt, inc))
             self._prev = (mono, values)
-            self._values = {k: v for k, v in values.items() if v is not None}
+            self._values = dict(values)
 
     def event(self, obj: dict[str, Any]) -> None:
         with self._lock:

@@ -25,11 +25,24 @@ from rsthound.sources.procfs import in_netns
 class FirewallRule:
     """One nftables rule that ends in reject or drop."""
 
-    where: str  # "inet t in (hook input)"
+    family: str
+    table: str
+    chain: str
+    hook: str | None  # "input", or None for a chain other chains jump to
     handle: int
     text: str  # as `nft -a list ruleset` prints it, without "# handle N"
     verdict: str  # "reject" or "drop"
     ports: frozenset[int] | None  # the TCP destination ports it matches; None: any
+
+    @property
+    def chain_ref(self) -> str:
+        """"inet t in": how `nft delete rule` names the chain."""
+        return f"{self.family} {self.table} {self.chain}"
+
+    @property
+    def where(self) -> str:
+        """"inet t in (hook input)"."""
+        return self.chain_ref + (f" (hook {self.hook})" if self.hook else "")
 
     def matches(self, port: int) -> bool:
         return self.ports is None or port in self.ports
@@ -38,8 +51,8 @@ class FirewallRule:
         return f"nft rule in {self.where}: {self.text} (handle {self.handle})"
 
 
-def _run(argv: list[str], ns_path: str | None) -> str | None:
-    """A program's output, run inside the namespace; None when it cannot run or fails."""
+def _run(argv: list[str], ns_path: str | None) -> subprocess.CompletedProcess | None:
+    """A program run inside the namespace; None when it cannot run."""
     if shutil.which(argv[0]) is None:
         return None
     if ns_path is not None:
@@ -47,19 +60,24 @@ def _run(argv: list[str], ns_path: str | None) -> str | None:
             return None
         argv = ["nsenter", f"--net={ns_path}", *argv]
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return r.stdout if r.returncode == 0 else None
+
+
+def _output(argv: list[str], ns_path: str | None) -> str | None:
+    """A program's output, run inside the namespace; None when it cannot run or fails."""
+    r = _run(argv, ns_path)
+    return r.stdout if r is not None and r.returncode == 0 else None
 
 
 def read_firewall(ns_path: str | None = None) -> list[FirewallRule] | None:
     """The nftables rules that reject or drop TCP; None when nft is missing or refuses
     (it needs CAP_NET_ADMIN). iptables-nft rules are nftables rules too."""
-    data = _run(["nft", "-j", "list", "ruleset"], ns_path)
+    data = _output(["nft", "-j", "list", "ruleset"], ns_path)
     if data is None:
         return None
-    texts = parse_nft_text(_run(["nft", "-a", "list", "ruleset"], ns_path) or "")
+    texts = parse_nft_text(_output(["nft", "-a", "list", "ruleset"], ns_path) or "")
     return parse_nft_json(data, texts)
 
 
@@ -118,10 +136,8 @@ def _rule(r: dict, hooks: dict, texts: dict) -> FirewallRule | None:
             got = _ports(m.get("right"), m.get("op", "=="))
             ports = got if ports is None else ports & got
     key = (str(r["family"]), str(r["table"]), str(r["chain"]), int(r["handle"]))
-    hook = hooks.get(key[:3])
-    where = f"{key[0]} {key[1]} {key[2]}" + (f" (hook {hook})" if hook else "")
-    return FirewallRule(where, key[3], texts.get(key, verdict), verdict,
-                        None if ports is None else frozenset(ports))
+    return FirewallRule(*key[:3], hooks.get(key[:3]), key[3], texts.get(key, verdict),
+                        verdict, None if ports is None else frozenset(ports))
 
 
 def _ports(right: object, op: str) -> set[int]:
@@ -169,14 +185,8 @@ class Path:
 
 def read_path(addr: str, ns_path: str | None = None) -> Path | None:
     """The route to `addr` and its next hop's neighbour state; None if `ip` cannot say."""
-    if shutil.which("ip") is None:
-        return None
-    argv = ["ip", "-j", "route", "get", addr]
-    if ns_path is not None:
-        argv = ["nsenter", f"--net={ns_path}", *argv]
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+    r = _run(["ip", "-j", "route", "get", addr], ns_path)
+    if r is None:
         return None
     if r.returncode != 0:
         return Path("no-route", None, None, None) if "unreachable" in r.stderr else None
@@ -188,7 +198,8 @@ def read_path(addr: str, ns_path: str | None = None) -> Path | None:
         return Path("local", route.get("dev"), None, None)
     dev, via = route.get("dev"), route.get("gateway")
     state = None
-    neigh = _run(["ip", "-j", "neigh", "show", "to", via or addr, "dev", dev or "lo"], ns_path)
+    neigh = _output(["ip", "-j", "neigh", "show", "to", via or addr, "dev", dev or "lo"],
+                    ns_path)
     with contextlib.suppress(ValueError, IndexError, TypeError):
         states = json.loads(neigh or "[]")[0].get("state") or []
         state = states[0] if states else None
