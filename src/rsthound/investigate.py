@@ -22,6 +22,7 @@ from rsthound.errors import NeedPrivilege, RstHoundError
 from rsthound.metrics import BY_NAME
 from rsthound.model import Conn, Reset, ResetKind
 from rsthound.sources.procfs import in_netns, netns_path
+from rsthound.sources.sockdiag import name_owners
 
 SYSCTLS = {"somaxconn": "/proc/sys/net/core/somaxconn",
            "tcp_abort_on_overflow": "/proc/sys/net/ipv4/tcp_abort_on_overflow",
@@ -32,7 +33,6 @@ TRACE_LAG = 0.2  # the trace reader's events of the window's last packets are on
 def collect(duration: float, netns: str | None = None, db: str | None = None,
             trace: bool = True, should_stop: Callable[[], bool] = lambda: False) -> Facts:
     """Watch for `duration` seconds, then read what explains it."""
-    from rsthound.analyze.session import Analysis
     from rsthound.sources.procfs import CounterReader
     from rsthound.sources.sockdiag import ListenerReader
 
@@ -49,8 +49,7 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
         listeners = ListenerReader(netns)
     if trace:
         tracer = _tracer(skipped)
-    resets: list[Reset] = []
-    timeouts: list[Conn] = []
+    sights = None
     try:
         live = _capture(ns_path, skipped)
         before = counters.read().values if counters else {}
@@ -59,13 +58,10 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
         facts = Facts(start, start, skipped=skipped, captured=live is not None)
         end_mono = time.monotonic() + duration
         if live is not None:
-            analysis = Analysis(on_conn=lambda c: timeouts.append(c)
-                                if c.failure is ResetKind.TIMEOUT else None,
-                                on_reset=resets.append, ifname=live.ifname, summarize=False)
+            sights = Sightings(live)
             for batch in live.batches(lambda: should_stop() or time.monotonic() >= end_mono):
-                if len(batch):
-                    analysis.feed(batch)
-            analysis.table.close()  # connects still unanswered with SYNs sent again: timeouts
+                sights.feed(batch)
+            sights.close()  # connects still unanswered with SYNs sent again: timeouts
         else:
             while not should_stop() and time.monotonic() < end_mono:
                 time.sleep(min(0.1, max(0.0, end_mono - time.monotonic())))
@@ -85,10 +81,8 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
     if listeners is None:
         skipped.append({"what": "listeners", "why": "sock_diag netlink and /proc/net/tcp "
                         "could not be read", "how": "run on Linux with /proc mounted"})
-    _owners(facts)
-    facts.seen = ([seen_reset(r, tracer) for r in resets]
-                  + [seen_timeout(c, tracer) for c in timeouts])
-    facts.seen.sort(key=lambda s: s.ts)
+    name_owners(facts.listeners + facts.listeners_before)
+    facts.seen = sights.take(tracer) if sights is not None else []
     _explain(facts, ns_path, netns, db)
     return facts
 
@@ -111,13 +105,16 @@ def _tracer(skipped: list[dict[str, str]]) -> Any:
     return None
 
 
-def _capture(ns_path: str | None, skipped: list[dict[str, str]]) -> Any:
+def open_capture(ns_path: str | None) -> Any:
+    """Live capture on every interface of the namespace at `ns_path` (else this one)."""
     from rsthound.sources.live import LiveCapture
 
+    return in_netns(ns_path, LiveCapture) if ns_path else LiveCapture()
+
+
+def _capture(ns_path: str | None, skipped: list[dict[str, str]]) -> Any:
     try:
-        if ns_path is not None:
-            return in_netns(ns_path, LiveCapture)
-        return LiveCapture()
+        return open_capture(ns_path)
     except NeedPrivilege as e:
         skipped.append(_skip("live capture (which service, which client, why)", e,
                              "run as root: sudo rsthound diagnose"))
@@ -127,13 +124,42 @@ def _capture(ns_path: str | None, skipped: list[dict[str, str]]) -> Any:
     return None
 
 
-def _owners(facts: Facts) -> None:
-    from rsthound.sources.sockdiag import owners_of
+class Sightings:
+    """What a live capture's batches show, as diagnosis reads it: each reset, and each
+    connect whose SYNs went unanswered."""
 
-    everyone = facts.listeners + facts.listeners_before
-    owners = owners_of({x.inode for x in everyone})
-    for x in everyone:
-        x.process = owners.get(x.inode)
+    def __init__(self, live: Any) -> None:
+        from rsthound.analyze.session import Analysis
+
+        self._resets: list[Reset] = []
+        self._timeouts: list[Conn] = []
+        self._analysis = Analysis(on_reset=self._resets.append, on_conn=self._conn,
+                                  ifname=live.ifname, summarize=False)
+
+    def _conn(self, c: Conn) -> None:
+        if c.failure is ResetKind.TIMEOUT:
+            self._timeouts.append(c)
+
+    def feed(self, batch: Any) -> None:
+        if len(batch):
+            self._analysis.feed(batch)
+
+    def expire(self, now: float) -> None:
+        """Connects unanswered for long enough are timeouts now."""
+        self._analysis.table.expire_unanswered(now)
+
+    def close(self) -> None:
+        """The end of the window: what is still open is ended (timeouts among it)."""
+        self._analysis.table.close()
+
+    def take(self, tracer: Any) -> list[Seen]:
+        """What was seen since the last take, in time order, with the process and the
+        reset reason the trace gives."""
+        seen = ([seen_reset(r, tracer) for r in self._resets]
+                + [seen_timeout(c, tracer) for c in self._timeouts])
+        self._resets.clear()
+        self._timeouts.clear()
+        return sorted(seen, key=lambda s: s.ts)
 
 
 def seen_reset(r: Reset, tracer: Any) -> Seen:

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rsthound.analyze.diagnosis import Facts, diagnose
+from rsthound.analyze.rates import increases
 from rsthound.errors import RstHoundError
-from rsthound.model import Conn, Reset, ResetKind, join_hostport
-from rsthound.sources.procfs import in_netns, netns_path
+from rsthound.model import ResetKind, join_hostport
+from rsthound.sources.procfs import netns_path
 
 TICK = 1.0
 FIREWALL_EVERY = 30.0  # seconds between reads of the nftables rules
@@ -72,16 +73,14 @@ class Monitor:
 
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        from rsthound.analyze.session import Analysis
-        from rsthound.investigate import seen_reset, seen_timeout
-        from rsthound.sources.live import LiveCapture
+        from rsthound.investigate import Sightings, open_capture
         from rsthound.sources.procfs import CounterReader
-        from rsthound.sources.sockdiag import ListenerReader, owners_of
+        from rsthound.sources.sockdiag import ListenerReader, OwnerCache
 
         ns_path = netns_path(self.netns) if self.netns else None
         tracer = live = counters = sockets = None
         try:
-            live = in_netns(ns_path, LiveCapture) if ns_path else LiveCapture()
+            live = open_capture(ns_path)
             if self.trace:
                 from rsthound.sources.tracefs import Tracer
 
@@ -97,38 +96,26 @@ class Monitor:
                 if thing is not None:
                     thing.close()
             return
-        resets: list[Reset] = []
-        timeouts: list[Conn] = []
-        analysis = Analysis(on_reset=resets.append, summarize=False, ifname=live.ifname,
-                            on_conn=lambda c: timeouts.append(c)
-                            if c.failure is ResetKind.TIMEOUT else None)
+        sights = Sightings(live)
+        owners = OwnerCache()
         self.running = True
         start, before = time.time(), counters.read().values
-        listening = sockets.read()
+        listening = owners.fill(sockets.read())
         try:
             for batch in live.batches(self._stop.is_set):
-                if len(batch):
-                    analysis.feed(batch)
-                analysis.table.expire_unanswered(time.time())
+                sights.feed(batch)
                 now = time.time()
+                sights.expire(now)
                 if now - start < TICK:
                     continue
-                after, now_listening = counters.read().values, sockets.read()
-                owners = owners_of({x.inode for x in now_listening})
-                for x in now_listening:
-                    x.process = owners.get(x.inode)
-                seen = [seen_reset(r, tracer) for r in resets] + [seen_timeout(c, tracer)
-                                                           for c in timeouts]
-                facts = Facts(start, now, seen, captured=True, listeners_before=listening,
-                              listeners=now_listening,
-                              counters={k: v - before[k] for k, v in after.items()
-                                        if v is not None and before.get(k) is not None})
+                after, now_listening = counters.read().values, owners.fill(sockets.read())
+                facts = Facts(start, now, sights.take(tracer), captured=True,
+                              listeners_before=listening, listeners=now_listening,
+                              counters=increases(before, after))
                 self._context(facts, ns_path)
                 with self._lock:
                     self.recent.append(facts)
-                self._tally(facts, resets)
-                resets.clear()
-                timeouts.clear()
+                self._tally(facts)
                 start, before, listening = now, after, now_listening
         except RstHoundError as e:
             self.error = str(e)
@@ -191,15 +178,15 @@ class Monitor:
                 merged.counters[k] = merged.counters.get(k, 0) + v
         return merged
 
-    def _tally(self, facts: Facts, resets: list[Reset]) -> None:
+    def _tally(self, facts: Facts) -> None:
         findings = diagnose(facts)
         with self._lock:
-            for r in resets:
-                server = (r.src, r.sport) if r.kind is ResetKind.REFUSED or r.sent_by == "resp" \
-                    else (r.dst, r.dport)
-                direction = "sent" if self._local.get(r.src) else "received"
-                self.resets[(r.kind.value, direction,
-                             self.label(join_hostport(*server)))] += 1
+            for s in facts.seen:
+                if s.sender is None:  # a timeout: no reset
+                    continue
+                direction = "sent" if self._local.get(s.sender) else "received"
+                self.resets[(s.kind.value, direction,
+                             self.label(join_hostport(*s.server)))] += 1
             for x in findings:
                 if x.service is None or not x.abnormal:
                     continue

@@ -25,6 +25,7 @@ from rsthound.report.timefmt import stamp
 from rsthound.sinks.history import Recorder, default_path
 from rsthound.sinks.notify import Poster
 from rsthound.sources.procfs import CounterReader
+from rsthound.sources.sockdiag import OwnerCache
 
 
 def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
@@ -69,6 +70,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
         served = _serve(args, host, reader.label, cfg.rules, interval, db, say)
         state = served[1] if served else None
         sockets = _listener_reader(where, say) if history or state else None
+        owners = OwnerCache()  # for the history and the web page alike
         investigator = None if args.no_investigate else Investigator(
             args.netns, db, should_stop=stop.is_set,
             monitor=state.monitor if state is not None else None)
@@ -136,7 +138,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
                         poster.post(webhook, obj)
                     if poster and manager:
                         poster.post(manager, [am_obj(e)])
-                listening = sockets.read() if sockets is not None else []
+                listening = owners.fill(sockets.read()) if sockets is not None else []
                 if state is not None:
                     state.listeners(listening)
                 if history:  # after the alerts are out: a slow disk must not delay them

@@ -416,10 +416,8 @@ class Recorder:
         self._prev = None if self.store is None else (wall, values)
 
     def listeners(self, mono: float, wall: float, now: list[Listener]) -> None:
-        """Record which listeners started and stopped since the last look (owners are looked
-        up for new sockets only)."""
-        from rsthound.sources.sockdiag import owners_of
-
+        """Record which listeners started and stopped since the last look; `now` comes
+        with owners named (sockdiag.OwnerCache)."""
         if self.store is None:
             return
         try:
@@ -433,9 +431,7 @@ class Recorder:
                         del self._listening[inode]
             current = {x.inode: x for x in now}
             new = [x for i, x in current.items() if i not in self._listening]
-            owners = owners_of({x.inode for x in new})
             for x in new:
-                x.process = owners.get(x.inode)
                 self._listening[x.inode] = self.store.listener_started(wall, x, not first_look)
             for inode in [i for i in self._listening if i not in current]:
                 self.store.listener_stopped(round(wall * 1000), self._listening.pop(inode))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import hmac
 import json
 import socket
@@ -50,7 +49,6 @@ class WatchState:
         self._active: dict[str, dict[str, Any]] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=50)
         self._listeners: list[Any] = []
-        self._owners: dict[int, Any] = {}  # socket inode -> its process (None: unknown)
 
     def sample(self, mono: float, wall: float, values: dict[str, int]) -> None:
         with self._lock:
@@ -73,18 +71,9 @@ class WatchState:
                     "findings": obj.get("findings", []), "findings_summary": obj["summary"]}
 
     def listeners(self, found: list[Any]) -> None:
-        """The listeners now, with their owners (looked up once per socket)."""
-        from rsthound.sources.sockdiag import owners_of
-
-        new = {x.inode for x in found} - self._owners.keys()
-        if new:
-            self._owners.update(owners_of(new))
-            self._owners.update({i: None for i in new if i not in self._owners})
-        alive = {x.inode for x in found}
-        self._owners = {i: p for i, p in self._owners.items() if i in alive}
+        """The listeners now, with their owners named (sockdiag.OwnerCache)."""
         with self._lock:
-            self._listeners = [dataclasses.replace(x, process=self._owners.get(x.inode))
-                               for x in found]
+            self._listeners = list(found)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -100,8 +89,7 @@ class WatchState:
                     for w, dt, inc in self._samples if w > since and dt > 0]
 
     def status(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        monitor = snap["monitor"]
+        monitor = self.monitor.snapshot() if self.monitor else None
         with self._lock:
             active = list(self._active.values())
             events = list(self._events)[::-1]
@@ -115,9 +103,13 @@ class WatchState:
             "services": (monitor["services"][:20] if monitor else []),
             "capture": {"running": bool(monitor and monitor["running"]),
                         "error": monitor["error"] if monitor else "not started"},
-            "listeners": [listener_obj(x) for x in snap["listeners"]],
+            "listeners": self.listeners_now(),
             "listener_history": self.listener_history(),
         }
+
+    def listeners_now(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [listener_obj(x) for x in self._listeners]
 
     def listener_history(self, limit: int = 20) -> list[dict[str, Any]]:
         from rsthound.errors import RstHoundError
@@ -293,9 +285,9 @@ class WebServer:
             return 200, _dumps({"metric": metric, "points": self.state.series(metric, since)}), \
                 "application/json", {}
         if url.path == "/api/listeners":
-            st = self.state.status()
-            return 200, _dumps({"listeners": st["listeners"],
-                                "history": st["listener_history"]}), "application/json", {}
+            return 200, _dumps({"listeners": self.state.listeners_now(),
+                                "history": self.state.listener_history()}), \
+                "application/json", {}
         return 404, b"not found\n", "text/plain", {}
 
     def _cached(self, key: str, make: Any) -> bytes:

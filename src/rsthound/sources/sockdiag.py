@@ -60,10 +60,33 @@ def listeners(netns: str | None = None) -> tuple[list[Listener], str]:
     owners, and where they came from."""
     with ListenerReader(netns) as reader:
         found = reader.read()
+    return name_owners(found), reader.source
+
+
+def name_owners(found: list[Listener]) -> list[Listener]:
+    """Each listener's owning process set (None where no process could be seen)."""
     owners = owners_of({x.inode for x in found})
     for x in found:
         x.process = owners.get(x.inode)
-    return found, reader.source
+    return found
+
+
+class OwnerCache:
+    """Owners for listeners read again and again: each socket's looked up once, since a
+    look through every process's open files (/proc/*/fd) is too slow for every second."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, Process | None] = {}
+
+    def fill(self, found: list[Listener]) -> list[Listener]:
+        alive = {x.inode for x in found}
+        new = alive - self._known.keys()
+        owners = owners_of(new)
+        self._known = {i: p for i, p in self._known.items() if i in alive}
+        self._known.update({i: owners.get(i) for i in new})
+        for x in found:
+            x.process = self._known[x.inode]
+        return found
 
 
 class ListenerReader:
