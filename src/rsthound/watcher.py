@@ -87,13 +87,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
                 obj = view.event_obj(e, host, reader.label) | {
                     "summary": summary, "findings": [finding_obj(x) for x in findings],
                     "skipped": facts.skipped}
-                out.write(line(obj) if args.json else
-                          f"{stamp(e.ts)} FINDINGS {alert.rule}: {summary}\n")
-                out.flush()
-                if state is not None:
-                    state.event(obj)
-                if poster and webhook:
-                    poster.post(webhook, obj)
+                tell(obj, f"{stamp(e.ts)} FINDINGS {alert.rule}: {summary}\n")
                 top = next((x for x in findings if x.abnormal), None)
                 notes[alert.rule] = {"findings": summary, "cause": top.cause if top else "",
                                      "service": (top.service or "") if top else ""}
@@ -101,6 +95,15 @@ def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
                     poster.post(manager, [am_obj(active[alert.rule])])
                 if history:
                     history.event(time.monotonic(), e, obj)
+
+        def tell(obj: dict[str, Any], text: str) -> None:
+            """An event (alert, clear, findings) to stdout, the web page and the webhook."""
+            out.write(line(obj) if args.json else text)
+            out.flush()
+            if state is not None:
+                state.event(obj)
+            if poster and webhook:
+                poster.post(webhook, obj)
 
         def am_obj(e: Any) -> dict[str, Any]:
             obj = view.alertmanager_obj(e, host, reader.label)
@@ -124,18 +127,13 @@ def run_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
                 if state is not None:
                     state.sample(sample.mono, sample.wall, sample.values)
                 for e, obj in events:
-                    out.write(line(obj) if args.json else view.render_event(e, host))
-                    out.flush()
-                    if state is not None:
-                        state.event(obj)
                     if e.event == "alert":
                         active[e.rule] = e
-                        if investigator is not None:
-                            investigator.start(e)
                     else:
                         active.pop(e.rule, None)
-                    if poster and webhook:
-                        poster.post(webhook, obj)
+                    tell(obj, view.render_event(e, host))
+                    if e.event == "alert" and investigator is not None:
+                        investigator.start(e)
                     if poster and manager:
                         poster.post(manager, [am_obj(e)])
                 listening = owners.fill(sockets.read()) if sockets is not None else []
