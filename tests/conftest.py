@@ -103,6 +103,18 @@ for _ in range({n}):
 """
 
 
+@pytest.fixture
+def tracefs_root() -> str:
+    """Where tracefs is (mounted if need be); the test skips, saying why, without it."""
+    from rsthound.errors import RstHoundError
+    from rsthound.sources.tracefs import find_tracefs
+
+    try:
+        return find_tracefs()
+    except RstHoundError as e:
+        pytest.skip(f"tracefs: {e}")
+
+
 class Netns(str):
     """A throwaway network namespace (its name), with loopback up."""
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from conftest import Netns, tracefs_reason_field
-from rsthound.errors import RstHoundError
 
 pytestmark = pytest.mark.kernel
 
@@ -158,13 +157,8 @@ def test_summary_at_the_end(netns):
     assert "127.0.0.1:7211" in out
 
 
-def test_sigterm_and_stale_instances_are_cleaned_up(netns):
-    from rsthound.sources.tracefs import find_tracefs
-
-    try:
-        root = find_tracefs()
-    except RstHoundError as e:
-        pytest.skip(f"tracefs: {e}")
+def test_sigterm_and_stale_instances_are_cleaned_up(netns, tracefs_root):
+    root = tracefs_root
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale = Path(root, "instances", f"rsthound-{dead.pid}")  # a pid that is gone

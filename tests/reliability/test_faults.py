@@ -43,24 +43,24 @@ def serving(port: int, p: subprocess.Popen, timeout: float = 20) -> dict:
     raise AssertionError("watch never captured")
 
 
-def test_the_watched_namespace_removed_is_one_line_and_all_closed(netns, tmp_path):
+def watch_serving(netns: str, db: object, port: int, *argv: str) -> subprocess.Popen:
+    """`watch --listen` on the namespace, with its history in `db`, once it captures."""
+    p = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
+                          "--db", str(db), "--listen", f"127.0.0.1:{port}", *argv],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serving(port, p)
+    return p
+
+
+def test_the_watched_namespace_removed_is_one_line_and_all_closed(netns, tmp_path,
+                                                                 tracefs_root):
     """`ip netns del` under a running watch --listen: one line that says so, exit 2, its
     tracefs instances removed, and the history kept up to the removal."""
-    from rsthound.errors import RstHoundError
-    from rsthound.sources.tracefs import find_tracefs
-
-    try:
-        root = find_tracefs()
-    except RstHoundError as e:
-        pytest.skip(f"tracefs: {e}")
+    root = tracefs_root
     client = netns.knock(100, 0.25)
     port, db = free_port(), tmp_path / "h.db"
-    p = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
-                          "--db", str(db), "--listen", f"127.0.0.1:{port}",
-                          "--duration", "20"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
     try:
-        serving(port, p)
+        p = watch_serving(netns, db, port, "--duration", "20")
         time.sleep(4)
         client.kill()
         client.wait()
@@ -81,24 +81,16 @@ def test_the_watched_namespace_removed_is_one_line_and_all_closed(netns, tmp_pat
     assert last / 1000 >= removed - 2.0, (removed, last)
 
 
-def test_sigterm_removes_every_tracefs_instance_and_keeps_the_history(netns, tmp_path):
+def test_sigterm_removes_every_tracefs_instance_and_keeps_the_history(netns, tmp_path,
+                                                                       tracefs_root):
     """watch --listen with its always-on capture, and an investigation running (an alert
     fired): SIGTERM ends it with exit 0, its tracefs instances gone and the history
     written up to the end."""
-    from rsthound.errors import RstHoundError
-    from rsthound.sources.tracefs import find_tracefs
-
-    try:
-        root = find_tracefs()
-    except RstHoundError as e:
-        pytest.skip(f"tracefs: {e}")
+    root = tracefs_root
     client = netns.knock(100, 0.25)
     port, db = free_port(), tmp_path / "h.db"
-    p = subprocess.Popen([sys.executable, "-m", "rsthound", "watch", "--netns", netns,
-                          "--db", str(db), "--listen", f"127.0.0.1:{port}", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        serving(port, p)
+        p = watch_serving(netns, db, port, "--json")
         for _ in range(100):  # until the alert has set off an investigation
             if status(port)["active"]:
                 break

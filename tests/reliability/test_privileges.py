@@ -135,21 +135,15 @@ def test_webhooks_verify_tls_by_default(https_receiver, monkeypatch):
     assert said == [] and json.loads(got[0]) == {"event": "alert"}
 
 
-def test_watch_runs_as_a_user_once_what_needs_root_is_open(netns_factory):
+def test_watch_runs_as_a_user_once_what_needs_root_is_open(netns_factory, tracefs_root):
     """watch --listen --user nobody, inside a namespace with refusals: it runs as nobody,
     its investigation (through the always-on capture opened as root) still names the
     service, the cause and the client, and its tracefs instance is gone after it exits."""
     import glob
 
-    from rsthound.errors import RstHoundError
-    from rsthound.sources.tracefs import find_tracefs
-
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux)")
-    try:
-        root = find_tracefs()
-    except RstHoundError as e:
-        pytest.skip(f"tracefs: {e}")
+    root = tracefs_root
     ns = netns_factory()
     client = ns.knock(60, 0.25)
     watch = subprocess.Popen(ns.argv(sys.executable, "-m", "rsthound", "watch", "--listen",
