@@ -8,11 +8,8 @@ from pathlib import Path
 import pytest
 
 from rsthound.analyze.diagnosis import Facts, Seen, diagnose
-from rsthound.model import ResetKind
-from rsthound.sources.netstate import Path as Route
-from rsthound.sources.netstate import parse_nft_json, parse_nft_text
-from rsthound.sources.processes import Process
-from rsthound.sources.sockdiag import Listener
+from rsthound.formats.nft import parse_nft_json, parse_nft_text
+from rsthound.model import Listener, Process, ResetKind, Route
 
 DATA = Path(__file__).parent / "data" / "nft"
 CLIENT = Process(4312, "shipper", "python3 shipper.py", "root", "shipper.service", None, 1)
@@ -170,3 +167,17 @@ def test_without_capture_the_counters_still_say_which_case():
     f = Facts(1000.0, 1003.0, counters={"Tcp.AttemptFails": 6, "Tcp.OutRsts": 6})
     [top] = diagnose(f)
     assert top.cause == "no-listener" and top.service is None and "root" in top.fix
+
+
+def test_docs_list_every_cause_and_no_other():
+    """docs/diagnose.md's table of causes is held to the Cause enum, as docs/counters.md is
+    held to COUNTERS."""
+    import re
+    from pathlib import Path
+
+    from rsthound.model import Cause
+
+    doc = (Path(__file__).parent.parent / "docs" / "diagnose.md").read_text()
+    rows = [ln for ln in doc.splitlines() if ln.startswith("| `")]
+    documented = {w for ln in rows for w in re.findall(r"`([a-z-]+)`", ln.split("|")[1])}
+    assert documented == {c.value for c in Cause}

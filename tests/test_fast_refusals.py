@@ -45,8 +45,8 @@ def test_fast_path_is_taken(monkeypatch):
 @pytest.mark.parametrize("name", ["refused.pcap", "ipv6.pcap", "multi_if.pcapng",
                                   "linger_abort_client.pcap", "any_sll2.pcap"])
 def test_reset_line_is_line_of_reset_obj(name):
+    from rsthound.model import Process
     from rsthound.report.jsonout import line, reset_line, reset_obj
-    from rsthound.sources.processes import Process
 
     resets, _ = resets_and_timeouts(DATA / name, fast=True)
     proc = Process(7, 'we"ird\\n', "x y", None, "a.service", None, 1)

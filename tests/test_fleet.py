@@ -18,7 +18,7 @@ import pytest
 
 from conftest import free_port
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 RULES = Path(__file__).parent.parent / "contrib" / "prometheus" / "rules.yml"
 DASHBOARD = Path(__file__).parent.parent / "contrib" / "grafana" / "dashboard.json"

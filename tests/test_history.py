@@ -16,10 +16,12 @@ import time
 import pytest
 
 from rsthound.analyze.alerts import Event
+from rsthound.analyze.rates import Ticker
 from rsthound.errors import BadInput
 from rsthound.metrics import BY_NAME
+from rsthound.model import Point
 from rsthound.report.history import columns, render_history
-from rsthound.sinks.history import History, Point, Recorder
+from rsthound.sinks.history import History, Recorder
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, an hour boundary
 MS = 1000
@@ -157,13 +159,14 @@ def test_a_failing_store_is_said_once_and_retried(tmp_path):
     blocker.write_text("")
     said: list[str] = []
     rec = Recorder(str(blocker / "h.db"), "s", "this host", said.append, retry=10)
+    ticker = Ticker()
     for i in range(5):
-        rec.sample(float(i), NOW + i, {FAILS: i})
+        rec.sample(ticker.next(float(i), NOW + i, {FAILS: i}))
     assert len(said) == 1 and "cannot write" in said[0] and "alerts go on" in said[0]
     blocker.unlink()
     blocker.mkdir()  # fixed: the retry, 10 s after the failure, finds it writable
     for i in range(5, 15):
-        rec.sample(float(i), NOW + i, {FAILS: i})
+        rec.sample(ticker.next(float(i), NOW + i, {FAILS: i}))
     rec.close()
     assert said[1] == f"history: writing {blocker / 'h.db'} again"
     with History(str(blocker / "h.db")) as h:

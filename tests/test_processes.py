@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from rsthound.sources.processes import cgroup_owner, describe
+from rsthound.formats.procpid import cgroup_owner
+from rsthound.sources.processes import describe
 
 
 def test_cgroup_names_the_unit_or_the_container():
@@ -26,3 +27,17 @@ def test_describe_reads_proc():
     assert me.netns == os.stat("/proc/self/ns/net").st_ino
     gone = describe(2**22 + 12345, "ghost")  # no such process: what the trace said
     assert (gone.comm, gone.cmdline, gone.user) == ("ghost", "ghost", None)
+
+
+def test_a_process_from_an_older_or_newer_row_never_raises():
+    """History rows keep processes as JSON: a field added or dropped since must not break
+    reading them back."""
+    from rsthound.model import Process, process_text
+
+    newer = {"pid": 7, "comm": "x", "cmdline": "/bin/x -v", "user": "root", "unit": None,
+             "container": None, "netns": 1, "cgroup": "/a/b", "started": 3.5}
+    older = {"pid": 8, "comm": "y"}
+    assert Process.from_obj(newer) == Process(7, "x", "/bin/x -v", "root", None, None, 1)
+    assert Process.from_obj(older).text() == "y (pid 8)"
+    assert process_text(None) == "an unknown process"
+    assert process_text("garbage") == "an unknown process"

@@ -11,6 +11,7 @@ from typing import ClassVar
 import pytest
 
 from rsthound.analyze.alerts import Alerter, Baseline, Rule
+from rsthound.analyze.rates import Ticker
 from rsthound.config import load_config
 from rsthound.errors import BadInput
 
@@ -24,11 +25,12 @@ def feed(alerter: Alerter, per_second: list[float], extra: dict[str, list[float]
     values = {"Tcp.AttemptFails": 10**6, "Tcp.OutRsts": 5, "TcpExt.TCPSynRetrans": 0,
               "TcpExt.ListenOverflows": 0, "Tcp.EstabResets": 0}
     got = []
+    ticker = Ticker()
     for i, n in enumerate([0.0, *per_second]):
         values["Tcp.AttemptFails"] += int(n)
         for k, series in (extra or {}).items():
             values[k] += int(([0.0, *series])[i])
-        got += [(i, e) for e in alerter.observe(t0 + i, t0 + i, dict(values))]
+        got += [(i, e) for e in alerter.observe(ticker.next(t0 + i, t0 + i, dict(values)))]
     return got
 
 
@@ -311,3 +313,59 @@ def test_real_alertmanager_gets_the_alert_and_its_resolution(netns, tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+class SteppedClock:
+    """watch's clock for a test: each wait moves time on at once and lets the test change
+    the counters, so a minute of watching takes milliseconds."""
+
+    def __init__(self, on_wait) -> None:
+        self.now = 1_000.0
+        self.on_wait = on_wait
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+    def wait(self, stop, seconds: float) -> bool:
+        self.now += seconds
+        self.on_wait(self.now)
+        return stop.is_set()
+
+
+def test_the_loop_alerts_and_clears_on_its_clock(tmp_path):
+    """The whole watch loop (counters -> ticks -> alerts -> output) on a stepped clock and
+    counter files written by the test: refusals at 5/s for 10 s raise the error level,
+    quiet seconds clear it, with the clock's times in the events."""
+    import argparse
+    import io
+
+    from rsthound.commands import watch
+
+    net = tmp_path / "proc" / "1" / "net"
+    net.mkdir(parents=True)
+    fails = [0]
+
+    def write(now: float) -> None:
+        if 1_003 <= now < 1_013:
+            fails[0] += 5
+        (net / "snmp").write_text("Tcp: ActiveOpens AttemptFails OutRsts\n"
+                                  f"Tcp: {fails[0]} {fails[0]} 0\n")
+
+    write(1_000.0)
+    (net / "netstat").write_text("TcpExt: ListenOverflows\nTcpExt: 0\n")
+    args = argparse.Namespace(
+        interval=1.0, duration=30.0, json=True, config=None, webhook=None, alertmanager=None,
+        host="box", no_investigate=True, listen=None, token_file=None, basic_auth_file=None,
+        services=20, no_capture=True, user=None, db=None, no_history=True, netns=None,
+        proc_root=str(tmp_path / "proc"), debug=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert watch.run(args, out, err, clock=SteppedClock(write)) == 0
+    events = [json.loads(ln) for ln in out.getvalue().splitlines()]
+    got = [(e["event"], e["level"], e["rule"]) for e in events]
+    assert ("alert", "error", "failed-connections") in got, got
+    assert got[-1][0] == "clear" and got[-1][2] == "failed-connections", got
+    alert = next(e for e in events if e["event"] == "alert")
+    assert alert["ts"].startswith("2023-11-14T22:30:"), alert  # the clock's, not the host's

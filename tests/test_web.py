@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Netns, free_port
-from rsthound.model import printable
+from rsthound.textforms import printable
 
 OUT = Path(__file__).parent.parent / "test-output"  # kept after the run (git-ignored)
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")

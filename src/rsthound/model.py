@@ -1,10 +1,19 @@
-"""Small records shared by every layer: what the parsers produce and the analyzers report."""
+"""The records every layer shares: what the parsers and sources produce, what analysis
+decides, what reports render and sinks keep.
+
+Records only: no I/O, and no text forms beyond a record's own (those are in `textforms`).
+What is read back from JSON (watch's history rows) goes through `from_obj`, which takes the
+fields it knows and gives the rest their defaults, so an older or newer row never raises.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import NamedTuple
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+from rsthound.textforms import endpoint, printable
 
 
 class ResetKind(enum.StrEnum):
@@ -80,22 +89,225 @@ class Conn(NamedTuple):
 
     @property
     def service(self) -> str:
-        return join_hostport(self.resp_h, self.resp_p)
+        return endpoint(self.resp_h, self.resp_p)
 
 
-def join_hostport(host: str, port: int) -> str:
-    """"10.0.0.1", 80 -> "10.0.0.1:80"; "::1", 80 -> "[::1]:80"."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _from_obj(cls: Any, obj: dict[str, Any] | None) -> Any:
+    """A record from a JSON object: unknown keys ignored, missing ones left to defaults."""
+    if not isinstance(obj, dict):
+        return None
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in obj.items() if k in known})
 
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+# -- the host: processes, listeners, rules, routes, port names ------------------------------
+@dataclass(frozen=True)
+class Process:
+    """The local process behind a socket, as /proc describes it."""
+
+    pid: int = 0
+    comm: str = ""
+    cmdline: str = ""
+    user: str | None = None
+    unit: str | None = None  # systemd unit, from the cgroup
+    container: str | None = None  # container id, from the cgroup
+    netns: int | None = None  # the process's network namespace (inode)
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any] | None) -> Process | None:
+        """From `obj()` as JSON or watch's history kept it, of this version or another."""
+        return _from_obj(cls, obj)
+
+    def obj(self) -> dict[str, Any]:
+        return {"pid": self.pid, "comm": self.comm, "cmdline": self.cmdline, "user": self.user,
+                "unit": self.unit, "container": self.container, "netns": self.netns}
+
+    def command(self) -> str:
+        """The command line with its program's base name: "python3 /opt/collector.py"."""
+        argv = self.cmdline.split() or [self.comm]
+        return printable(" ".join([os.path.basename(argv[0]), *argv[1:]]))
+
+    def text(self) -> str:
+        """The one text form of a process: the command line (its program's base name, then
+        its arguments) tells more than the name (python3, java), so it comes first, cut at
+        40 characters.
+
+        >>> Process(4312, "python3", "/usr/bin/python3 /opt/collector.py", "root",
+        ...         "collector.service").text()
+        'python3 /opt/collector.py (pid 4312, collector.service)'
+        """
+        where = f", {printable(self.unit)}" if self.unit else (
+            f", container {printable(self.container[:12])}" if self.container else "")
+        cmd = self.command()
+        if len(cmd) > 40:
+            cmd = cmd[:39] + "…"
+        return f"{cmd} (pid {self.pid}{where})"
 
 
-def printable(text: str) -> str:
-    r"""Text from anyone on the host (process names, command lines), made inert for a
-    terminal: control characters (escape sequences, carriage returns) become \xNN.
+def process_text(obj: dict[str, Any] | None) -> str:
+    """A process as JSON and the history carry it, in its one text form."""
+    p = Process.from_obj(obj)
+    return p.text() if p is not None else "an unknown process"
 
-    >>> printable("evil\x1b[2Jname\r")
-    'evil\\x1b[2Jname\\x0d'
-    """
-    return text.translate(_CONTROLS)
+
+@dataclass
+class Listener:
+    """One listening socket."""
+
+    addr: str
+    port: int
+    queue: int  # connections accepted by TCP, waiting for accept()
+    backlog: int | None  # the queue's limit (listen()'s backlog, capped by somaxconn)
+    drops: int | None  # connections this listener dropped (queue full, and others)
+    uid: int
+    inode: int
+    process: Process | None = None
+
+    @property
+    def full(self) -> bool:
+        """As the kernel decides (sk_acceptq_is_full): one more than the backlog waits."""
+        return self.backlog is not None and self.queue > self.backlog
+
+    @property
+    def endpoint(self) -> str:
+        return endpoint(self.addr, self.port)
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """One nftables rule that ends in reject or drop."""
+
+    family: str
+    table: str
+    chain: str
+    hook: str | None  # "input", or None for a chain other chains jump to
+    handle: int
+    text: str  # as `nft -a list ruleset` prints it, without "# handle N"
+    verdict: str  # "reject" or "drop"
+    ports: frozenset[int] | None  # the TCP destination ports it matches; None: any
+
+    @property
+    def chain_ref(self) -> str:
+        """"inet t in": how `nft delete rule` names the chain."""
+        return f"{self.family} {self.table} {self.chain}"
+
+    @property
+    def where(self) -> str:
+        """"inet t in (hook input)"."""
+        return self.chain_ref + (f" (hook {self.hook})" if self.hook else "")
+
+    def matches(self, port: int) -> bool:
+        return self.ports is None or port in self.ports
+
+    def describe(self) -> str:
+        return f"nft rule in {self.where}: {self.text} (handle {self.handle})"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a namespace would reach an address."""
+
+    kind: str  # "local", "route", "no-route"
+    dev: str | None
+    via: str | None  # the gateway, or None when on-link
+    neighbour: str | None  # the next hop's state: REACHABLE, STALE, FAILED, ... or None
+
+    def describe(self, addr: str) -> str:
+        if self.kind == "local":
+            return f"{addr} is this host's own address"
+        if self.kind == "no-route":
+            return f"no route to {addr}"
+        hop = f"via {self.via}" if self.via else "on-link"
+        state = f", neighbour {self.neighbour}" if self.neighbour else ""
+        return f"route to {addr} {hop} dev {self.dev}{state}"
+
+    @property
+    def answers_on_link(self) -> bool:
+        """The next hop (or the host itself) has answered neighbour discovery lately."""
+        return self.kind == "local" or self.neighbour in (
+            "REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP")
+
+
+@dataclass(frozen=True)
+class PortName:
+    """What a port usually is: its /etc/services name and the socket units declaring it."""
+
+    port: int
+    service: str | None  # /etc/services (tcp)
+    units: tuple[str, ...]  # socket units with ListenStream= on this port
+
+    def text(self) -> str:
+        parts = [f"'{self.service}' in /etc/services" if self.service
+                 else "no name in /etc/services"]
+        if self.units:
+            parts.append("declared by " + ", ".join(self.units))
+        return "; ".join(parts)
+
+
+# -- watch's samples and diagnose's findings ---------------------------------------------------
+@dataclass(frozen=True)
+class Tick:
+    """One counter sample of watch's loop, with what changed since the previous one: every
+    consumer (alerts, history, the web page) reads the same increases."""
+
+    mono: float  # for intervals
+    wall: float  # for people
+    values: dict[str, int]
+    increases: dict[str, int] | None = None  # since the previous tick; None on the first
+    seconds: float = 0.0  # monotonic seconds since the previous tick
+    since_wall: float | None = None  # the previous tick's wall time
+
+
+@dataclass(frozen=True)
+class Point:
+    """One stored row: `n` increases over `covered_ms` watched, in the `span_ms` from `t_ms`
+    (an interval, or a minute or an hour that may have been watched only in part)."""
+
+    t_ms: int
+    covered_ms: int
+    n: int
+    span_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.span_ms < self.covered_ms:
+            object.__setattr__(self, "span_ms", self.covered_ms)
+
+
+class Cause(enum.StrEnum):
+    """A finding's cause (DESIGN.md section 4): JSON, Prometheus labels and docs use these
+    words, and docs/diagnose.md is held to this list by a test."""
+
+    NO_LISTENER = "no-listener"
+    FIREWALL_REJECT = "firewall-reject"
+    FIREWALL_DROP = "firewall-drop"
+    UNREACHABLE = "unreachable"
+    LISTEN_OVERFLOW = "listen-overflow"
+    PEER_ABORT = "peer-abort"
+    LOCAL_ABORT = "local-abort"
+    NORMAL = "normal"
+
+
+@dataclass
+class Finding:
+    """One explained failure: what, who, why, since when, the evidence and the fix."""
+
+    service: str | None
+    cause: Cause
+    count: int
+    rate_per_s: float
+    what: str  # one line: "6 connects refused"
+    why: str  # the explanation in words
+    fix: str
+    first: float | None = None
+    since: float | None = None
+    clients: list[dict[str, Any]] = field(default_factory=list)
+    server: dict[str, Any] | None = None
+    listener: dict[str, Any] | None = None
+    last_listener: dict[str, Any] | None = None
+    usually: str | None = None
+    reason: str | None = None
+    evidence: list[str] = field(default_factory=list)
+
+    @property
+    def abnormal(self) -> bool:
+        return self.cause != Cause.NORMAL

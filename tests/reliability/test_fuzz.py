@@ -191,7 +191,7 @@ def test_config_shaped_files(tmp_path_factory, table, section):
                                              "table", "handle", "op", "hook", "name"]),
                                             c, max_size=5)), max_leaves=30))
 def test_nft_json(tree):
-    from rsthound.sources.netstate import parse_nft_json
+    from rsthound.formats.nft import parse_nft_json
 
     try:
         rules = parse_nft_json(json.dumps(tree), {})
@@ -203,7 +203,7 @@ def test_nft_json(tree):
 
 @given(st.text(max_size=1000))
 def test_nft_text(text):
-    from rsthound.sources.netstate import parse_nft_text
+    from rsthound.formats.nft import parse_nft_text
 
     parse_nft_text(text)
     COUNTS["nft"] += 1
@@ -211,7 +211,7 @@ def test_nft_text(text):
 
 @given(st.binary(max_size=600), st.sampled_from([socket.AF_INET, socket.AF_INET6]))
 def test_sock_diag_replies(data, family):
-    from rsthound.sources.sockdiag import parse_replies
+    from rsthound.formats.sockdiag import parse_replies
 
     found: list = []
     with contextlib.suppress(OSError):  # an NLMSG_ERROR message: the kernel's error, raised

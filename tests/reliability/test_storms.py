@@ -22,6 +22,8 @@ SCAN = 1_000_000
 CAP_MB = 300  # bench/README.md, "Targets": analyze's peak RSS
 OUT = Path(__file__).parent.parent.parent / "test-output"
 
+pytestmark = pytest.mark.slow  # make test runs them; -m 'not slow' skips
+
 
 def storm(path: Path, n: int, flags: int) -> None:
     """n segments with these TCP flags from 10.9.0.0/16 to 10.0.0.0/16, each a connection

@@ -14,7 +14,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from rsthound.analyze.rates import increases
+from rsthound.model import Tick
 
 LEVELS = ("warn", "error", "critical")
 
@@ -116,7 +116,6 @@ class Alerter:
         self.baselines = baselines
         depth = max([r.window for r in rules] + [b.window for b in baselines] + [1])
         self._steps: deque[tuple[float, float, dict[str, int]]] = deque(maxlen=depth)
-        self._prev: tuple[float, dict[str, int]] | None = None
         self._state = {x.name: _State() for x in (*rules, *baselines)}
 
     def rate(self, metric: str, window: int) -> float | None:
@@ -141,12 +140,10 @@ class Alerter:
                 return wall - dt
         return steps[-1][1] - steps[-1][0]
 
-    def observe(self, mono: float, wall: float, values: dict[str, int]) -> list[Event]:
-        if self._prev is not None:
-            pmono, pvals = self._prev
-            inc = increases(pvals, values)
-            self._steps.append((mono - pmono, wall, inc))
-        self._prev = (mono, values)
+    def observe(self, tick: Tick) -> list[Event]:
+        wall = tick.wall
+        if tick.increases is not None:
+            self._steps.append((tick.seconds, wall, tick.increases))
         if not self._steps:
             return []
         events = [e for r in self.rules if (e := self._static(r, wall))]

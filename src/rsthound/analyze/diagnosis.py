@@ -13,20 +13,26 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsthound.model import ResetKind, join_hostport
-from rsthound.report.timefmt import clock
-from rsthound.sources.netstate import FirewallRule, Path
-from rsthound.sources.processes import Process
-from rsthound.sources.sockdiag import Listener
+from rsthound.model import (
+    Cause,
+    Conn,
+    Finding,
+    FirewallRule,
+    Listener,
+    Process,
+    Reset,
+    ResetKind,
+    Route,
+    process_text,
+)
+from rsthound.textforms import clock, endpoint
 
-CAUSES = ("no-listener", "firewall-reject", "firewall-drop", "unreachable", "listen-overflow",
-          "peer-abort", "local-abort", "normal")
 # which counter tells since when each cause goes on (in watch's history)
 SINCE_METRIC = {
-    "no-listener": "Tcp.AttemptFails", "firewall-reject": "Tcp.AttemptFails",
-    "firewall-drop": "Tcp.AttemptFails", "unreachable": "Tcp.AttemptFails",
-    "listen-overflow": "TcpExt.ListenOverflows", "local-abort": "Tcp.OutRsts",
-    "peer-abort": "Tcp.EstabResets",
+    Cause.NO_LISTENER: "Tcp.AttemptFails", Cause.FIREWALL_REJECT: "Tcp.AttemptFails",
+    Cause.FIREWALL_DROP: "Tcp.AttemptFails", Cause.UNREACHABLE: "Tcp.AttemptFails",
+    Cause.LISTEN_OVERFLOW: "TcpExt.ListenOverflows", Cause.LOCAL_ABORT: "Tcp.OutRsts",
+    Cause.PEER_ABORT: "Tcp.EstabResets",
 }
 SAMPLES = 3  # packet lines kept as evidence per finding
 SHOWN_COUNTERS = ("Tcp.AttemptFails", "Tcp.OutRsts", "Tcp.EstabResets",
@@ -45,6 +51,7 @@ class Seen:
     line: str  # as tcpdump prints it, with its kind
     process: Process | None = None  # the local process that called connect()
     reason: str | None = None  # the kernel's reason for the reset
+    event: Reset | Conn | None = None  # what the capture classified
 
 
 @dataclass
@@ -60,7 +67,7 @@ class Facts:
     listeners: list[Listener] = field(default_factory=list)  # at the end
     local: dict[str, bool] = field(default_factory=dict)  # address -> this namespace's own
     firewall: list[FirewallRule] | None = None
-    paths: dict[str, Path | None] = field(default_factory=dict)
+    paths: dict[str, Route | None] = field(default_factory=dict)
     served: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # port -> history
     port_names: dict[int, str] = field(default_factory=dict)  # port -> what it usually is
     since: dict[str, float | None] = field(default_factory=dict)  # metric -> start of its run
@@ -70,30 +77,6 @@ class Facts:
     @property
     def seconds(self) -> float:
         return max(self.end - self.start, 1e-3)
-
-
-@dataclass
-class Finding:
-    service: str | None
-    cause: str
-    count: int
-    rate_per_s: float
-    what: str  # one line: "6 connects refused"
-    why: str  # the explanation in words
-    fix: str
-    first: float | None = None
-    since: float | None = None
-    clients: list[dict[str, Any]] = field(default_factory=list)
-    server: dict[str, Any] | None = None
-    listener: dict[str, Any] | None = None
-    last_listener: dict[str, Any] | None = None
-    usually: str | None = None
-    reason: str | None = None
-    evidence: list[str] = field(default_factory=list)
-
-    @property
-    def abnormal(self) -> bool:
-        return self.cause != "normal"
 
 
 def diagnose(f: Facts) -> list[Finding]:
@@ -123,7 +106,7 @@ def _category(s: Seen, f: Facts) -> str:
 # -- one group of resets or timeouts to one service --------------------------------------
 def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -> Finding:
     addr, port = server
-    service = join_hostport(addr, port)
+    service = endpoint(addr, port)
     local = f.local.get(addr, False)
     n = len(seen)
     rate = n / f.seconds
@@ -131,7 +114,7 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
     overflowing = listener is not None and _overflowing(listener, f)
     evidence = [s.line + (f"  reason {s.reason}" if s.reason else "") for s in seen[:SAMPLES]]
     reason = _most_common(s.reason for s in seen)
-    finding = Finding(service, "normal", n, rate, "", "", "", first=min(s.ts for s in seen),
+    finding = Finding(service, Cause.NORMAL, n, rate, "", "", "", first=min(s.ts for s in seen),
                       clients=_clients(seen), reason=reason, evidence=evidence)
     if listener is not None:
         finding.server = listener.process.obj() if listener.process else None
@@ -141,7 +124,7 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
         finding.what = f"{_n(n, 'connect')} refused"
         rejects = [r for r in rules if r.verdict == "reject"]
         if rejects or listener is not None:
-            finding.cause = "firewall-reject"
+            finding.cause = Cause.FIREWALL_REJECT
             finding.evidence += [r.describe() for r in rejects]
             finding.why = (f"{service} has a listener, yet its connects are refused: "
                            if listener is not None else "")
@@ -157,7 +140,7 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
         else:
             _no_listener(finding, addr, port, local, f)
     elif category == "injected?":
-        finding.cause = "firewall-reject"
+        finding.cause = Cause.FIREWALL_REJECT
         finding.what = f"{_n(n, 'reset')} not from {service}'s own stack"
         finding.why = ("the resets' TTL or IP ID does not fit the server's other packets: a "
                        "firewall or middlebox on the way sends them")
@@ -169,20 +152,20 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
         if overflowing and listener is not None:
             _overflow(finding, listener, f)
         elif drops:
-            finding.cause = "firewall-drop"
+            finding.cause = Cause.FIREWALL_DROP
             finding.evidence += [r.describe() for r in drops]
             finding.why = f"a firewall rule here drops the SYNs ({drops[0].text})"
             finding.fix = (f"remove or narrow that rule (nft delete rule {drops[0].chain_ref} "
                            f"handle {drops[0].handle}), or let this client through")
         elif path is not None and path.answers_on_link:
-            finding.cause = "firewall-drop"
+            finding.cause = Cause.FIREWALL_DROP
             finding.evidence.append(path.describe(addr))
             finding.why = (f"{addr} answers on the link, but nothing answers the SYNs to port "
                            f"{port}: a firewall drops them (on {addr} or on the way)")
             finding.fix = (f"open port {port} in the firewall in front of {service} (or on "
                            "it), or fix the client's target")
         else:
-            finding.cause = "unreachable"
+            finding.cause = Cause.UNREACHABLE
             if path is not None:
                 finding.evidence.append(path.describe(addr))
             finding.why = (f"{addr} does not answer at all"
@@ -196,11 +179,11 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
             _overflow(finding, listener, f)
         else:
             by_local = category == "abort-local"
-            finding.cause = "local-abort" if by_local else "peer-abort"
+            finding.cause = Cause.LOCAL_ABORT if by_local else Cause.PEER_ABORT
             finding.what = f"{_n(n, 'open connection')} reset by " + (
                 "this host" if by_local else "the peer")
             why = f" (the kernel's reason: {reason})" if reason else ""
-            finding.why = ((f"a local program ({who(finding.server)}) " if by_local and
+            finding.why = ((f"a local program ({process_text(finding.server)}) " if by_local and
                             finding.server else "this host " if by_local else
                             f"{addr}'s side ") + f"resets open connections{why}")
             finding.fix = _ABORT_FIX.get(reason or "", _ABORT_FIX[""])
@@ -229,7 +212,7 @@ _ABORT_FIX = {
 
 
 def _no_listener(finding: Finding, addr: str, port: int, local: bool, f: Facts) -> None:
-    finding.cause = "no-listener"
+    finding.cause = Cause.NO_LISTENER
     service = finding.service
     usually = f.port_names.get(port)
     finding.usually = usually
@@ -247,7 +230,7 @@ def _no_listener(finding: Finding, addr: str, port: int, local: bool, f: Facts) 
         finding.last_listener = last
         proc = last.get("process") or {}
         if last["stopped"] is not None:
-            finding.why += (f"; it was served by {who(proc)} until "
+            finding.why += (f"; it was served by {process_text(proc)} until "
                             f"{clock(last['stopped'])}, nothing since")
         finding.fix = (f"start it again: systemctl start {proc['unit']}" if proc.get("unit")
                        else f"start it again ({proc.get('cmdline') or 'its program'})")
@@ -261,7 +244,7 @@ def _no_listener(finding: Finding, addr: str, port: int, local: bool, f: Facts) 
 
 
 def _overflow(finding: Finding, x: Listener, f: Facts) -> None:
-    finding.cause = "listen-overflow"
+    finding.cause = Cause.LISTEN_OVERFLOW
     finding.listener = {"addr": x.addr, "port": x.port, "queue": x.queue,
                         "backlog": x.backlog, "drops": x.drops}
     finding.server = x.process.obj() if x.process else finding.server
@@ -271,8 +254,8 @@ def _overflow(finding: Finding, x: Listener, f: Facts) -> None:
     finding.why = (f"{x.endpoint}'s accept queue is full: {x.queue} waiting, backlog "
                    f"{x.backlog}" + (f", {grew} dropped in this window" if grew else "")
                    + (f", {x.drops} dropped in all" if x.drops else "")
-                   + f"; {who(finding.server) if finding.server else 'its program'} accepts "
-                   "too slowly" + ("; tcp_abort_on_overflow=1, so clients get resets"
+                   + f"; {process_text(finding.server) if finding.server else 'its program'}"
+                   " accepts too slowly" + ("; tcp_abort_on_overflow=1, so clients get resets"
                                    if abort else "; SYNs are dropped, clients retry and "
                                    "time out (tcp_abort_on_overflow=0)"))
     if somax is not None and x.backlog is not None and x.backlog >= somax:
@@ -310,13 +293,13 @@ def _merge(into: Finding, other: Finding, f: Facts) -> None:
 def _from_counters(f: Facts, found: dict[tuple[str | None, str], Finding]) -> list[Finding]:
     out = []
     grew = f.counters.get("TcpExt.ListenOverflows") or 0
-    if grew and not any(x.cause == "listen-overflow" for x in found.values()):
+    if grew and not any(x.cause == Cause.LISTEN_OVERFLOW for x in found.values()):
         full = sorted((x for x in f.listeners if _overflowing(x, f)),
                       key=lambda x: (-_drops_grew(x, f), -x.queue))
         if full:
             x = full[0]
             n = _drops_grew(x, f) or grew
-            finding = Finding(x.endpoint, "listen-overflow", n, n / f.seconds, "", "", "")
+            finding = Finding(x.endpoint, Cause.LISTEN_OVERFLOW, n, n / f.seconds, "", "", "")
             _overflow(finding, x, f)
             finding.since = _since(finding, f)
             out.append(finding)
@@ -325,7 +308,7 @@ def _from_counters(f: Facts, found: dict[tuple[str | None, str], Finding]) -> li
         rsts = f.counters.get("Tcp.OutRsts") or 0
         refused = rsts >= fails / 2
         finding = Finding(
-            None, "no-listener" if refused else "unreachable", fails, fails / f.seconds,
+            None, Cause.NO_LISTENER if refused else Cause.UNREACHABLE, fails, fails / f.seconds,
             f"{_n(fails, 'connect')} failed (Tcp.AttemptFails)",
             ("this host refused its own connects (Tcp.OutRsts grew as much): nothing listens "
              "on a local port they go to" if refused else
@@ -378,15 +361,7 @@ def _clients(seen: list[Seen]) -> list[dict[str, Any]]:
 
 
 def _client_hint(finding: Finding) -> str:
-    return f", {who(finding.clients[0])}," if finding.clients else ""
-
-
-def who(p: dict[str, Any] | None) -> str:
-    """A process (as JSON has it) for people: "python3 shipper.py (pid 4312, unit)"."""
-    if not p:
-        return "an unknown process"
-    return Process(**{k: p.get(k) for k in ("pid", "comm", "cmdline", "user", "unit",
-                                             "container", "netns")}).text()
+    return f", {process_text(finding.clients[0])}," if finding.clients else ""
 
 
 def _counter_evidence(finding: Finding, f: Facts, names: tuple[str, ...]) -> None:

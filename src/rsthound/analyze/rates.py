@@ -10,6 +10,8 @@ value is the increase.
 
 from __future__ import annotations
 
+from rsthound.model import Tick
+
 WRAP32 = 1 << 32
 
 
@@ -31,3 +33,18 @@ def rates(prev: dict[str, int], cur: dict[str, int], seconds: float) -> dict[str
     if seconds <= 0:
         return {}
     return {k: n / seconds for k, n in increases(prev, cur).items()}
+
+
+class Ticker:
+    """Makes watch's Ticks: each sample with its increases since the previous one, worked
+    out once for every consumer (alerts, history, the web page)."""
+
+    def __init__(self) -> None:
+        self._prev: Tick | None = None
+
+    def next(self, mono: float, wall: float, values: dict[str, int]) -> Tick:
+        p = self._prev
+        tick = Tick(mono, wall, values) if p is None else Tick(
+            mono, wall, values, increases(p.values, values), mono - p.mono, p.wall)
+        self._prev = tick
+        return tick

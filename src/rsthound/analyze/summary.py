@@ -10,7 +10,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from rsthound.model import Conn, Damage, Reset, ResetKind, join_hostport
+from rsthound.model import Conn, Damage, Reset, ResetKind
+from rsthound.textforms import endpoint, rate
 
 FAILURES = (ResetKind.REFUSED, ResetKind.TIMEOUT)
 OTHER = "(other)"
@@ -41,15 +42,6 @@ class Service:
 
     def rate(self) -> tuple[float, float]:
         return pace(self.failures, self.first, self.last)
-
-
-def rate_text(rate: float) -> str:
-    """2.0 -> '2.0/s'; 0.035 -> '2.1/min'; 0.0005 -> '1.8/h'."""
-    if rate >= 0.1:
-        return f"{rate:.1f}/s"
-    if rate * 60 >= 0.1:
-        return f"{rate * 60:.1f}/min"
-    return f"{rate * 3600:.1f}/h"
 
 
 def pace(n: int, first: float, last: float) -> tuple[float, float]:
@@ -113,7 +105,7 @@ class Summarizer:
         self.max_clients = max_clients
 
     def _service(self, host: str, port: int) -> Service:
-        name = join_hostport(host, port)
+        name = endpoint(host, port)
         svc = self.s.services.get(name)
         if svc is None:
             if len(self.s.services) >= self.max_services:
@@ -181,8 +173,8 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
             "" if nclients == 1 else "s")
         refused = svc.failed["refused"]
         if refused:
-            rate, span = svc.rate()
-            pace = f" ({rate_text(rate)} over {span:.0f} s)" if span else ""
+            per_s, span = svc.rate()
+            pace = f" ({rate(per_s)} over {span:.0f} s)" if span else ""
             tail = (
                 "nothing on that port ever answered" if not svc.answered
                 else f"it accepted {svc.answered} other connection"

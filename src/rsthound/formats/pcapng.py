@@ -20,7 +20,8 @@ import numpy as np
 from rsthound.errors import BadInput
 from rsthound.formats.linktypes import SUPPORTED, link_name
 from rsthound.formats.records import BATCH, Interface, RecordBatch, u32_at
-from rsthound.model import Damage, printable
+from rsthound.model import Damage
+from rsthound.textforms import printable
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001

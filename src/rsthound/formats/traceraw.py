@@ -10,6 +10,7 @@ types, which `events/header_event` documents.
 from __future__ import annotations
 
 import re
+import socket
 import struct
 import sys
 from collections.abc import Iterator
@@ -96,8 +97,6 @@ def page_records(page: bytes) -> Iterator[memoryview]:
 
 def sockaddr(raw: bytes) -> tuple[str, int] | None:
     """A `struct sockaddr_in` or `_in6` as tcp_send_reset stores it: (address, port)."""
-    import socket
-
     if len(raw) < 8:
         return None
     family = int.from_bytes(raw[0:2], sys.byteorder)

@@ -6,8 +6,7 @@ import datetime as dt
 from typing import Any
 
 from rsthound.analyze.alerts import Event
-from rsthound.report.counters import counter_rate_text
-from rsthound.report.timefmt import clock, seconds, stamp
+from rsthound.textforms import clock, rate, seconds, stamp
 
 
 def iso(ts: float) -> str:
@@ -17,9 +16,9 @@ def iso(ts: float) -> str:
 
 def summary_text(e: Event, host: str) -> str:
     if e.event == "clear":
-        return (f"{e.title} on {host} back to {counter_rate_text(e.rate)} ({e.metric}); the "
+        return (f"{e.title} on {host} back to {rate(e.rate)} ({e.metric}); the "
                 f"{e.level} alert since {clock(e.started)} lasted {seconds(e.ts - e.started)}")
-    text = (f"{e.title} on {host}: {counter_rate_text(e.rate)} ({e.metric}; {e.level} at "
+    text = (f"{e.title} on {host}: {rate(e.rate)} ({e.metric}; {e.level} at "
             f"{_limit(e)}), since {clock(e.started)}")
     if e.explanation:
         text += f". {e.explanation}"
@@ -30,8 +29,8 @@ def _limit(e: Event) -> str:
     if e.threshold == 0:
         return "any"
     if e.rule.endswith("-unusual"):
-        return f"{counter_rate_text(e.threshold)}, far above this host's usual"
-    return counter_rate_text(e.threshold)
+        return f"{rate(e.threshold)}, far above this host's usual"
+    return rate(e.threshold)
 
 
 def render_event(e: Event, host: str) -> str:

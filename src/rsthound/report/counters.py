@@ -6,13 +6,8 @@ import json
 import textwrap
 from typing import Any
 
-from rsthound.analyze.summary import rate_text
 from rsthound.metrics import COUNTERS
-from rsthound.report.timefmt import stamp
-
-
-def counter_rate_text(rate: float) -> str:
-    return "0/s" if rate == 0 else rate_text(rate)
+from rsthound.textforms import rate, stamp
 
 
 def render_counters(label: str, wall: float, values: dict[str, int],
@@ -27,8 +22,8 @@ def render_counters(label: str, wall: float, values: dict[str, int],
         if m.name not in values:
             missing.append(m.name)
             continue
-        rate = counter_rate_text(rates[m.name]) if rates is not None else ""
-        lines.append(f"{m.name:<27} {values[m.name]:>13,} {rate:>9}  {m.short}")
+        shown = rate(rates[m.name]) if rates is not None else ""
+        lines.append(f"{m.name:<27} {values[m.name]:>13,} {shown:>9}  {m.short}")
     if missing:
         why = "not read (damaged, see above)" if damaged else "not in this kernel"
         lines += textwrap.wrap(f"{why}: " + ", ".join(missing), 80, subsequent_indent="  ",

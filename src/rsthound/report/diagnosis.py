@@ -6,8 +6,9 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from rsthound.analyze.diagnosis import SHOWN_COUNTERS, Facts, Finding, who
-from rsthound.report.timefmt import clock, seconds
+from rsthound.analyze.diagnosis import SHOWN_COUNTERS, Facts
+from rsthound.model import Finding, process_text
+from rsthound.textforms import clock, rate, seconds
 
 WIDTH = 80
 
@@ -55,14 +56,14 @@ def render_diagnosis(host: str, facts: Facts, findings: list[Finding]) -> str:
 
 def _finding(i: int, x: Finding) -> list[str]:
     since = f" since {clock(x.since)}" if x.since else ""
-    out = _wrap(f"{i}. {x.service or 'some service'}: {x.what} ({_rate(x.rate_per_s)})"
+    out = _wrap(f"{i}. {x.service or 'some service'}: {x.what} ({rate(x.rate_per_s)})"
                 f"{since}: {x.cause}", "", "   ")
     pad = "   "
     if x.clients:
-        names = "; ".join(f"{who(c)} x{c['count']}" for c in x.clients[:3])
+        names = "; ".join(f"{process_text(c)} x{c['count']}" for c in x.clients[:3])
         out += _wrap(f"who:  {names}", pad, pad + "      ")
     if x.server:
-        out += _wrap(f"server: {who(x.server)}", pad, pad + "      ")
+        out += _wrap(f"server: {process_text(x.server)}", pad, pad + "      ")
     out += _wrap(f"why:  {x.why}", pad, pad + "      ")
     if x.evidence:
         out.append(f"{pad}evidence:")
@@ -73,10 +74,6 @@ def _finding(i: int, x: Finding) -> list[str]:
     return out
 
 
-def _rate(r: float) -> str:
-    return f"{r:.1f}/s" if r >= 0.05 else f"{r * 60:.1f}/min"
-
-
 def _wrap(text: str, first: str, rest: str) -> list[str]:
     return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest,
                          break_on_hyphens=False, break_long_words=False) or [first]
@@ -84,8 +81,8 @@ def _wrap(text: str, first: str, rest: str) -> list[str]:
 
 def finding_line(x: Finding) -> str:
     """One finding in one line: for alerts, webhooks and Alertmanager annotations."""
-    by = f" by {who(x.clients[0])}" if x.clients else ""
-    return (f"{x.service or 'some service'}: {x.cause}, {x.what} ({_rate(x.rate_per_s)})"
+    by = f" by {process_text(x.clients[0])}" if x.clients else ""
+    return (f"{x.service or 'some service'}: {x.cause}, {x.what} ({rate(x.rate_per_s)})"
             f"{by}. Fix: {x.fix}")
 
 

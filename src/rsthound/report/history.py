@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rsthound.metrics import Metric
+from rsthound.model import Point
 from rsthound.report.alerts import iso
 from rsthound.report.text import SPARK
-from rsthound.report.timefmt import clock, stamp
-from rsthound.sinks.history import Point
+from rsthound.textforms import clock, rate, stamp
 
 HEIGHT = 8  # rows of bars
 AXIS = 8  # columns left of the bars, for the rate labels
@@ -91,7 +91,8 @@ def _nice_top(peak: float) -> float:
     return next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= peak * (1 - 1e-9))
 
 
-def _rate_label(v: float) -> str:
+def _tick(v: float) -> str:
+    """An axis tick (1, 2, 2.5, 5 x 10^k and their halves): exact, unlike a measured rate."""
     return "0/s" if v == 0 else f"{v:.3g}/s"
 
 
@@ -111,7 +112,7 @@ def render_history(metric: Metric, label: str, since: float, until: float,
             eighths = 0 if not r else max(1, round(r / top * HEIGHT * 8))
             cells.append(SPARK[min(8, max(0, eighths - (row - 1) * 8))])
         value = top * row / HEIGHT
-        axis = f"{_rate_label(value):>{AXIS - 2}} ┤" if row in (HEIGHT, HEIGHT // 2) else (
+        axis = f"{_tick(value):>{AXIS - 2}} ┤" if row in (HEIGHT, HEIGHT // 2) else (
             " " * (AXIS - 2) + " │")
         lines.append((axis + "".join(cells)).rstrip())
     lines.append(f"{'0/s':>{AXIS - 2}} ┼" + "".join("─" if r is not None else "·" for r in rates))
@@ -124,7 +125,7 @@ def render_history(metric: Metric, label: str, since: float, until: float,
     total = sum(c.n for c in cols)
     if watched:
         lines.append(f"{round(total)} {metric.unit} in {_span(watched)} watched (mean "
-                     f"{_rate_label(total / watched)}, peak {_rate_label(peak)})")
+                     f"{rate(total / watched)}, peak {rate(peak)})")
         lines.append("· not watched; alerts: w warn, E error, C critical")
     else:
         lines.append("nothing was watched in this time")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from rsthound.report.timefmt import stamp
-from rsthound.sources.sockdiag import Listener
+from rsthound.model import Listener
+from rsthound.textforms import stamp
 
 
 def render_listeners(found: list[Listener], label: str, source: str, wall: float) -> str:

@@ -5,26 +5,19 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+from rsthound.model import PortName, process_text
 from rsthound.report.alerts import iso
-from rsthound.report.timefmt import seconds, stamp
-from rsthound.sources.portnames import PortName
-from rsthound.sources.processes import Process
+from rsthound.textforms import host, seconds, stamp
 
 SHOWN = 10
 
 
 def _who(row: dict[str, Any]) -> str:
-    p = row["process"]
-    if not p:
-        return "an unknown process"
-    cmd = Process(**p).command()[:60]
-    extra = [f"pid {p['pid']}"] + [x for x in (p.get("user") and f"user {p['user']}",
-                                             p.get("unit"), p.get("container")) if x]
-    return f"{cmd} ({', '.join(extra)})"
+    return process_text(row["process"])
 
 
 def _addr(row: dict[str, Any]) -> str:
-    return f"[{row['addr']}]" if ":" in row["addr"] else row["addr"]
+    return host(row["addr"])
 
 
 def render_served(port: int, label: str, name: PortName, rows: list[dict[str, Any]],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rsthound.analyze.summary import Summary, failure_series, findings, rate_text
+from rsthound.analyze.summary import Summary, failure_series, findings
 from rsthound.formats.inet import flag_text
 from rsthound.model import Conn, Reset
-from rsthound.report.timefmt import clock, seconds, stamp
+from rsthound.textforms import clock, endpoint, rate, seconds, stamp
 
 SPARK = " ▁▂▃▄▅▆▇█"
 WIDTH = 80
@@ -30,9 +30,9 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
                    f"{fl['rst']:,} RST", head)
     lines += _wrap(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 8), head)
     failed = s.failed_total()
-    rate, _span = s.failure_rate()
-    pace = (f", {rate_text(rate)} from\xa0{clock(s.fail_first)} to\xa0{clock(s.fail_last)}"
-            if rate else "")
+    per_s, _span = s.failure_rate()
+    pace = (f", {rate(per_s)} from\xa0{clock(s.fail_first)} to\xa0{clock(s.fail_last)}"
+            if per_s else "")
     lines += _wrap(
         f"failed    {failed:,} connections ({s.failures['refused']:,} refused, "
         f"{s.failures['timeout']:,} timed out){pace}", head)
@@ -57,7 +57,7 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
                 str(svc.failed["timeout"]),
                 str(sum(n for (kind, _by), n in svc.resets.items() if kind != "refused")),
                 f"{len(svc.clients)}{'+' if svc.clients_capped else ''}",
-                rate_text(rate_s) if rate_s else "-",
+                rate(rate_s) if rate_s else "-",
                 clock(svc.first) if svc.failures else "-",
                 clock(svc.last) if svc.failures else "-",
             ])
@@ -164,7 +164,7 @@ CONN_HEADER = (
 
 def render_conn(c: Conn) -> str:
     """One connection, like a line of Zeek's conn.log, narrowed."""
-    orig = f"{c.orig_h}:{c.orig_p}" if ":" not in c.orig_h else f"[{c.orig_h}]:{c.orig_p}"
+    orig = endpoint(c.orig_h, c.orig_p)
     return (
         f"{clock(c.ts, micros=True)} {orig:<28} {c.service:<22} {c.conn_state:<6} "
         f"{c.history:<10} {c.orig_pkts}/{c.resp_pkts} {c.orig_bytes}/{c.resp_bytes} "

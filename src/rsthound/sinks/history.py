@@ -24,17 +24,14 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rsthound.analyze.alerts import Event
 from rsthound.analyze.rates import increases
 from rsthound.errors import BadInput, NeedPrivilege
 from rsthound.metrics import BY_NAME
-from rsthound.report.timefmt import seconds
-
-if TYPE_CHECKING:
-    from rsthound.sources.sockdiag import Listener
+from rsthound.model import Listener, Point, Tick
+from rsthound.textforms import seconds
 
 SCHEMA_VERSION = 1
 TIERS = (  # (width of a row in ms, or 0 for "one interval"; how long rows are kept, ms)
@@ -76,21 +73,6 @@ def default_path(netns: str | None = None) -> str:
         name = "history-netns-" + "".join(c if c.isalnum() or c in "-_." else "_"
                                           for c in netns) + ".db"
     return os.path.join(base, name)
-
-
-@dataclass(frozen=True)
-class Point:
-    """One stored row: `n` increases over `covered_ms` watched, in the `span_ms` from `t_ms`
-    (an interval, or a minute or an hour that may have been watched only in part)."""
-
-    t_ms: int
-    covered_ms: int
-    n: int
-    span_ms: int = 0
-
-    def __post_init__(self) -> None:
-        if self.span_ms < self.covered_ms:
-            object.__setattr__(self, "span_ms", self.covered_ms)
 
 
 class History:
@@ -389,15 +371,16 @@ class Recorder:
         self.path, self.source, self.label, self.say = path, source, label, say
         self.retry = retry
         self.store: History | None = None
-        self._prev: tuple[float, dict[str, int]] | None = None
+        self._prev: float | None = None  # the last stored tick's wall time
         self._next_try = 0.0
         self._failed = False
         self._listening: dict[int, int] | None = None  # inode -> row, while open
         self._last_end = 0  # where the previous run's history ended (ms)
 
-    def sample(self, mono: float, wall: float, values: dict[str, int]) -> None:
-        """Store the interval since the previous sample (the counters of `metrics` only)."""
-        values = {k: v for k, v in values.items() if k in BY_NAME}
+    def sample(self, tick: Tick) -> None:
+        """Store the interval since the previous tick (the counters of `metrics` only)."""
+        mono, wall = tick.mono, tick.wall
+        values = {k: v for k, v in tick.values.items() if k in BY_NAME}
         if self.store is None and mono >= self._next_try:
             self._open(mono)
         if self.store is not None:
@@ -408,12 +391,11 @@ class Recorder:
                         self.say(f"history: {self.path}: filled in the {seconds(wall - since)} "
                                  "since the last run from the counters")
                 else:
-                    prev_wall, prev = self._prev
-                    incs = increases(prev, values)
-                    self.store.add(self.source, prev_wall, wall, values, incs)
+                    incs = {k: v for k, v in (tick.increases or {}).items() if k in BY_NAME}
+                    self.store.add(self.source, self._prev, wall, values, incs)
             except (sqlite3.Error, OSError) as e:
                 self._fail(mono, str(e))
-        self._prev = None if self.store is None else (wall, values)
+        self._prev = None if self.store is None else wall
 
     def listeners(self, mono: float, wall: float, now: list[Listener]) -> None:
         """Record which listeners started and stopped since the last look; `now` comes

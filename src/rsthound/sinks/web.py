@@ -24,10 +24,11 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rsthound.analyze.alerts import Rule
-from rsthound.analyze.rates import increases
-from rsthound.errors import BadInput
+from rsthound.errors import BadInput, RstHoundError
+from rsthound.model import Tick
 from rsthound.report.listeners import listener_obj
 from rsthound.report.prom import WatchCollector
+from rsthound.sinks.history import History
 
 KEEP_SECONDS = 3600  # the samples the API serves: an hour at 1 s
 FRESH = 0.25  # seconds a rendered /metrics or /api/status is served again
@@ -45,19 +46,15 @@ class WatchState:
         self._samples: deque[tuple[float, float, dict[str, int]]] = deque(
             maxlen=max(60, int(KEEP_SECONDS / interval)))
         self._values: dict[str, int] = {}
-        self._prev: tuple[float, dict[str, int]] | None = None
         self._active: dict[str, dict[str, Any]] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=50)
         self._listeners: list[Any] = []
 
-    def sample(self, mono: float, wall: float, values: dict[str, int]) -> None:
+    def sample(self, tick: Tick) -> None:
         with self._lock:
-            if self._prev is not None:
-                dt = mono - self._prev[0]
-                inc = increases(self._prev[1], values)
-                self._samples.append((wall, dt, inc))
-            self._prev = (mono, values)
-            self._values = dict(values)
+            if tick.increases is not None:
+                self._samples.append((tick.wall, tick.seconds, tick.increases))
+            self._values = dict(tick.values)
 
     def event(self, obj: dict[str, Any]) -> None:
         with self._lock:
@@ -112,9 +109,6 @@ class WatchState:
             return [listener_obj(x) for x in self._listeners]
 
     def listener_history(self, limit: int = 20) -> list[dict[str, Any]]:
-        from rsthound.errors import RstHoundError
-        from rsthound.sinks.history import History
-
         if not self.history:
             return []
         try:

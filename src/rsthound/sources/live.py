@@ -19,7 +19,7 @@ import numpy as np
 
 from rsthound.errors import BadInput, NeedPrivilege, NotSupported
 from rsthound.formats.records import Interface, RecordBatch
-from rsthound.model import printable
+from rsthound.textforms import printable
 
 LINUX_SLL2 = 276
 # What the classification needs: the packets that open, close and reset connections. TCP

@@ -7,24 +7,11 @@ import contextlib
 import glob
 import re
 import socket
-from dataclasses import dataclass
+
+from rsthound.model import PortName
 
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
              "/usr/lib/systemd/system", "/lib/systemd/system")
-
-
-@dataclass(frozen=True)
-class PortName:
-    port: int
-    service: str | None  # /etc/services (tcp)
-    units: tuple[str, ...]  # socket units with ListenStream= on this port
-
-    def text(self) -> str:
-        parts = [f"'{self.service}' in /etc/services" if self.service
-                 else "no name in /etc/services"]
-        if self.units:
-            parts.append("declared by " + ", ".join(self.units))
-        return "; ".join(parts)
 
 
 def port_name(port: int, unit_dirs: tuple[str, ...] = UNIT_DIRS) -> PortName:

@@ -29,7 +29,8 @@ from collections import OrderedDict
 
 from rsthound.errors import NeedPrivilege, NotSupported
 from rsthound.formats.traceraw import EventFormat, page_records, parse_format, sockaddr
-from rsthound.sources.processes import Process, describe
+from rsthound.model import Process
+from rsthound.sources.processes import describe
 
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
@@ -63,8 +64,9 @@ class Tracer:
     """Reads its instance's binary ring buffer on a thread; `process()` and `reason()`
     answer from memory."""
 
-    def __init__(self, root: str | None = None) -> None:
+    def __init__(self, root: str | None = None, proc_root: str = "/proc") -> None:
         self.root = root or find_tracefs()
+        self.proc_root = proc_root  # where the traced processes are described
         self._remove_stale()
         events = f"{self.root}/events"
         self._lock = threading.Lock()
@@ -200,9 +202,10 @@ class Tracer:
         if got is not None and now - got[0] < 5:
             return got[1]
         lookup = pid
-        if not os.path.exists(f"/proc/{pid}"):  # a thread that is gone: its process
+        if not os.path.exists(f"{self.proc_root}/{pid}"):  # a thread that is gone
             lookup = self._tgid(pid) or pid
-        proc = describe(lookup, comm)  # (a live thread's id leads /proc to its process)
+        # (a live thread's id leads /proc to its process)
+        proc = describe(lookup, comm, self.proc_root)
         if len(self._procs) > KEEP:
             self._procs.clear()
         self._procs[pid] = (now, proc)

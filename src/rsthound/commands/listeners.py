@@ -1,0 +1,50 @@
+"""`rsthound listeners`: who listens where, with accept queues, backlogs, drops, owners."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, TextIO
+
+from rsthound.commands import Exit, options
+from rsthound.observe.observation import observed_ns
+from rsthound.report.jsonout import line
+from rsthound.report.listeners import listener_obj, render_listeners
+from rsthound.sources.procfs import netns_label
+from rsthound.sources.sockdiag import listeners
+
+EPILOG = """\
+examples:
+  rsthound listeners                 this host's listeners
+  rsthound listeners --netns blue    those of 'ip netns' namespace blue
+  rsthound listeners --json | jq 'select(.full)'
+
+QUEUE is how many connections wait for accept(); at BACKLOG the queue is full and new
+connections are dropped (FULL). DROPS counts what this listener dropped so far.
+Processes of other users are named only to root.
+
+exit status: 0 shown; 2 error.
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "listeners",
+        help="who listens where: accept queues, backlogs, drops, processes",
+        description="Listening TCP sockets with their accept queue, backlog, drops and "
+        "owning process\n(sock_diag netlink, as 'ss -ltnpm' shows them).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per listener")
+    options.add_namespace(p)
+    options.add_debug(p)
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    found, source = listeners(observed_ns(args.netns, args.proc_root), args.proc_root)
+    if args.json:
+        out.write("".join(line(listener_obj(x)) for x in found))
+    else:
+        out.write(render_listeners(found, netns_label(args.netns), source, time.time()))
+    return Exit.OK

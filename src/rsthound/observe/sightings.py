@@ -1,0 +1,63 @@
+"""What a live capture's batches show, classified as `analyze` classifies files: each reset
+and each connect whose SYNs went unanswered, in the order they were classified, named
+through the observation (the process that connected, the kernel's reason for a reset)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+from rsthound.analyze.diagnosis import Seen
+from rsthound.analyze.session import Analysis
+from rsthound.formats.records import RecordBatch
+from rsthound.model import Conn, Reset, ResetKind
+from rsthound.observe.observation import Observation, client_server
+from rsthound.report.text import render_failure, render_reset
+
+
+class Sightings:
+    def __init__(self, obs: Observation, summarize: bool = False) -> None:
+        self.obs = obs
+        self.resets = 0  # resets classified so far
+        self._pending: deque[tuple[float, Reset | Conn]] = deque()
+        self.analysis = Analysis(on_reset=self._reset, on_conn=self._conn, ifname=obs.ifname,
+                                 summarize=summarize)
+
+    def _reset(self, r: Reset) -> None:
+        self.resets += 1
+        self._pending.append((time.monotonic(), r))
+
+    def _conn(self, c: Conn) -> None:
+        if c.failure is ResetKind.TIMEOUT:
+            self._pending.append((time.monotonic(), c))
+
+    def feed(self, batch: RecordBatch) -> None:
+        if len(batch):
+            self.analysis.feed(batch)
+
+    def expire(self, now: float) -> None:
+        """Connects unanswered for long enough are timeouts now."""
+        self.analysis.table.expire_unanswered(now)
+
+    def close(self) -> None:
+        """The end of the window: what is still open is ended (timeouts among it)."""
+        self.analysis.table.close()
+
+    def take(self, until: float = math.inf) -> list[Seen]:
+        """What was classified before `until` (monotonic seconds) and not taken yet, in that
+        order, with the process and the reset reason the trace gives. A caller that tells
+        events as they come waits a moment (`until` = now - a little): the trace of the
+        same connect may still be on its way."""
+        out = []
+        while self._pending and self._pending[0][0] <= until:
+            out.append(self.seen(self._pending.popleft()[1]))
+        return out
+
+    def seen(self, ev: Reset | Conn) -> Seen:
+        proc, reason = self.obs.name(ev)
+        if isinstance(ev, Conn):
+            return Seen(ev.ts, ResetKind.TIMEOUT, (ev.resp_h, ev.resp_p), (ev.orig_h, ev.orig_p),
+                        None, render_failure(ev), proc, None, ev)
+        client, server = client_server(ev)
+        return Seen(ev.ts, ev.kind, server, client, ev.src, render_reset(ev), proc, reason, ev)

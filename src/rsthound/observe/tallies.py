@@ -1,0 +1,60 @@
+"""The always-on capture's counts for /metrics and the dashboard: failed connections by
+cause and service (as `diagnose` judges them, each second), resets by kind, direction and
+service.
+
+Label values are bounded: the first `top` services seen keep their own label, later ones
+are counted under service="other", so 10,000 failing ports make at most top + 1 series per
+cause.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rsthound.analyze.diagnosis import Facts, diagnose
+from rsthound.textforms import endpoint
+
+KEEP_SERVICES = 200  # services remembered for the dashboard (most failures first)
+
+
+class Tallies:
+    def __init__(self, top: int = 20) -> None:
+        self.top = top
+        self.failed: Counter[tuple[str, str]] = Counter()  # (cause, service label)
+        self.resets: Counter[tuple[str, str, str]] = Counter()  # (kind, direction, label)
+        self.services: dict[str, dict[str, Any]] = {}  # service -> what the dashboard shows
+        self.labelled: set[str] = set()
+
+    def label(self, service: str) -> str:
+        """The service's label value: itself for the first `top` services, then "other"."""
+        if service in self.labelled:
+            return service
+        if len(self.labelled) < self.top:
+            self.labelled.add(service)
+            return service
+        return "other"
+
+    def add(self, facts: Facts) -> None:
+        """One tick's facts (their addresses, rules and routes known)."""
+        findings = diagnose(facts)
+        for s in facts.seen:
+            if s.sender is None:  # a timeout: no reset
+                continue
+            direction = "sent" if facts.local.get(s.sender) else "received"
+            self.resets[(s.kind.value, direction, self.label(endpoint(*s.server)))] += 1
+        for x in findings:
+            if x.service is None or not x.abnormal:
+                continue
+            self.failed[(str(x.cause), self.label(x.service))] += x.count
+            s = self.services.setdefault(x.service, {"service": x.service, "count": 0})
+            s.update(count=s["count"] + x.count, cause=x.cause, last=facts.end,
+                     clients=x.clients or s.get("clients", []), fix=x.fix,
+                     server=x.server or s.get("server"))
+        if len(self.services) > KEEP_SERVICES:
+            keep = sorted(self.services.values(), key=lambda s: -s["count"])[:KEEP_SERVICES]
+            self.services = {s["service"]: s for s in keep}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"failed": dict(self.failed), "resets": dict(self.resets),
+                "services": sorted(self.services.values(), key=lambda s: -s["count"])}

@@ -1,0 +1,94 @@
+"""One text form each for what every layer shows people: an endpoint, a rate, a time of
+day, a date and time, a span, and text from others made inert for a terminal.
+
+Pure and shared, like `model`: analysis words its findings with these, reports render with
+them, so "2.0/s", "[::1]:7211" and "10:54:50" read the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+def endpoint(host: str, port: int) -> str:
+    """The address and port, IPv6 in brackets.
+
+    >>> endpoint("10.0.0.1", 80), endpoint("::1", 80)
+    ('10.0.0.1:80', '[::1]:80')
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def host(addr: str) -> str:
+    """An address as it stands before a port or in a URL: IPv6 in brackets.
+
+    >>> host("127.0.0.1"), host("::1")
+    ('127.0.0.1', '[::1]')
+    """
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def rate(per_second: float) -> str:
+    """A rate in the unit that keeps one decimal meaningful.
+
+    >>> rate(2.0), rate(0.035), rate(0.0005), rate(0)
+    ('2.0/s', '2.1/min', '1.8/h', '0/s')
+    """
+    if per_second == 0:
+        return "0/s"
+    if per_second >= 0.1:
+        return f"{per_second:.1f}/s"
+    if per_second * 60 >= 0.1:
+        return f"{per_second * 60:.1f}/min"
+    return f"{per_second * 3600:.1f}/h"
+
+
+def clock(ts: float, micros: bool = False) -> str:
+    """A time of day, local time, 24 hours, as tcpdump prints it.
+
+    >>> import os; os.environ["TZ"] = "UTC"; time.tzset()
+    >>> clock(1700000000.25), clock(1700000000.25, micros=True)
+    ('22:13:20', '22:13:20.250000')
+    """
+    if not math.isfinite(ts):
+        return "-"
+    base = time.strftime("%H:%M:%S", time.localtime(ts))
+    return f"{base}.{round((ts % 1) * 1e6) % 1000000:06d}" if micros else base
+
+
+def stamp(ts: float) -> str:
+    """A date and time of day, local time.
+
+    >>> import os; os.environ["TZ"] = "UTC"; time.tzset()
+    >>> stamp(1700000000.25)
+    '2023-11-14 22:13:20'
+    """
+    if not math.isfinite(ts):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def seconds(span: float) -> str:
+    """A span of time.
+
+    >>> seconds(8.0), seconds(4000)
+    ('8.0 s', '1h06m40s')
+    """
+    if span < 60:
+        return f"{span:.1f} s"
+    m, s = divmod(round(span), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def printable(text: str) -> str:
+    r"""Text from anyone on the host (process names, command lines), made inert for a
+    terminal: control characters (escape sequences, carriage returns) become \xNN.
+
+    >>> printable("evil\x1b[2Jname\r")
+    'evil\\x1b[2Jname\\x0d'
+    """
+    return text.translate(_CONTROLS)
