@@ -80,4 +80,5 @@ def test_demo_tells_the_whole_story_and_cleans_up():
     assert "collector.py" in top["last_listener"]["process"]["cmdline"]
     assert top["last_listener"]["stopped"] is not None
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "rsthound-demo" not in after and before.count("\n") == after.count("\n")
+    # (other tests may make namespaces meanwhile: only the demo's must be gone)
+    assert "rsthound-demo" not in after and "rsthound-demo" not in before

@@ -46,11 +46,14 @@ def refusal(ts: float, port: int = 7211, proc: Process | None = CLIENT,
 
 
 def facts(*seen: Seen, **kw) -> Facts:
+    """Facts of a window; the counters move as the failed connects would move them, and the
+    clients (127.0.0.1, 10.77.0.1) are this host's unless `local` says otherwise."""
+    fails = sum(1 for s in seen if s.kind in (ResetKind.REFUSED, ResetKind.TIMEOUT))
     f = Facts(1000.0, 1003.0, list(seen), captured=True,
-              counters={"Tcp.AttemptFails": len(seen), "Tcp.OutRsts": len(seen)},
-              local={"127.0.0.1": True}, firewall=[])
+              counters={"Tcp.AttemptFails": fails, "Tcp.OutRsts": len(seen)},
+              local={"127.0.0.1": True, "10.77.0.1": True}, firewall=[])
     for k, v in kw.items():
-        setattr(f, k, v)
+        setattr(f, k, {**f.local, **v} if k == "local" else v)
     return f
 
 
@@ -88,7 +91,7 @@ def test_a_refusal_while_a_listener_is_there_is_not_the_listener():
 
 
 def test_a_refusal_from_another_host_is_a_remote_no_listener():
-    f = facts(refusal(1000.5, server="10.77.0.2"), local={"10.77.0.2": False})
+    f = facts(refusal(1000.5, server="10.77.0.2"), local={"10.77.0.2": False, "127.0.0.1": True})
     [top] = diagnose(f)
     assert top.cause == "no-listener" and top.last_listener is None
     assert "10.77.0.2" in top.why

@@ -285,3 +285,56 @@ def test_promtool_accepts_the_rules():
         for level, t in rule.thresholds():
             if t:
                 assert f"{level} at {t:g}/s" in text, (rule.name, level)
+
+
+# N connects to HOST PORT, each given up after TIMEOUT s, GAP s apart
+CONNECTS = """
+import socket, sys, time
+for _ in range(int(sys.argv[3])):
+    s = socket.socket(); s.settimeout(float(sys.argv[4]))
+    try: s.connect((sys.argv[1], int(sys.argv[2])))
+    except OSError: pass
+    s.close(); time.sleep(0.2)
+"""
+
+
+@pytest.mark.kernel
+def test_icmp_rejects_and_client_timeouts_alert_and_count(netns_factory, tmp_path):
+    """Failures Tcp.AttemptFails misses: connects an ICMP port unreachable ends, and
+    connects the client gives up on after 1 s against a dropping firewall. watch counts
+    them from the trace: the failed-connections alert fires, and /metrics has each failure
+    by its cause and service, as many as there were. (Few rejects: the kernel rate-limits
+    the ICMP errors it sends, about 6 at once and then 1 a second, and a connect whose
+    error was not sent times out instead.)"""
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_diagnose_scenarios import veth
+
+    a, b = netns_factory(), netns_factory()
+    veth(a, b)
+    subprocess.run(b.argv("nft", "add table inet t; add chain inet t in { type filter hook "
+                          "input priority 0; }; add rule inet t in tcp dport 7300 reject; "
+                          "add rule inet t in tcp dport 7301 drop"), check=True)
+    port = free_port()
+    watch("--netns", a, "--no-history", "--interval", "0.5", port=port)
+    clients = [subprocess.Popen(a.argv(sys.executable, "-c", CONNECTS, "10.77.0.2", p, n, "1"))
+               for p, n in (("7300", "5"), ("7301", "3"))]
+    _started.extend(clients)
+    for c in clients:
+        c.wait(timeout=30)
+
+    def failed() -> dict:
+        text = get(port, "/metrics").decode()
+        return {tuple(sorted(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "rsthound_failed_connections_total"}
+
+    rejected = (("cause", "firewall-reject"), ("service", "10.77.0.2:7300"))
+    dropped = (("cause", "firewall-drop"), ("service", "10.77.0.2:7301"))
+    try:
+        got = until(lambda: (f := failed()).get(rejected) == 5 and f.get(dropped) == 3 and f)
+    except AssertionError:
+        raise AssertionError(f"{failed()}\n{status(port)['services']}") from None
+    assert sum(got.values()) == 8, got
+    st = status(port)
+    assert any(x["rule"] == "failed-connections" and x["event"] == "alert"
+               for x in st["recent"]), st["recent"]

@@ -69,6 +69,16 @@ COUNTERS: tuple[Metric, ...] = (
            "SYN cookies sent because a listener's SYN queue was full."),
     Metric("TcpExt.TCPBacklogDrop", "segments", "dropped: socket backlog",
            "Segments dropped because a busy socket's backlog was full."),
+    Metric("Icmp.InDestUnreachs", "messages", "ICMP unreachables in",
+           "ICMP destination unreachable messages received: a connect refused by a REJECT "
+           "rule (port unreachable, administratively prohibited), or a host or net out of "
+           "reach. Tcp.AttemptFails does not count such connects. UDP's count here too."),
+    Metric("Icmp6.InDestUnreachs", "messages", "ICMPv6 unreachables in",
+           "ICMPv6 destination unreachable messages received: the IPv6 side of "
+           "Icmp.InDestUnreachs."),
+    Metric("Ip.OutNoRoutes", "packets", "no route for outgoing",
+           "Outgoing packets, and connects, that found no route (connect() fails at once "
+           "with ENETUNREACH, before any SYN)."),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in COUNTERS}

@@ -25,6 +25,8 @@ class ResetKind(enum.StrEnum):
     STRAY = "stray"  # RST for a connection never seen opening
     INJECTED = "injected?"  # RST whose TTL/hop limit or IP ID does not fit the sender
     TIMEOUT = "timeout"  # SYN never answered (no reset at all)
+    REJECTED = "icmp-rejected"  # an ICMP port unreachable or prohibited answered the SYN
+    UNREACHABLE = "icmp-unreachable"  # an ICMP host or net unreachable answered the SYN
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ class Conn(NamedTuple):
     resets: int
     iface: str | None
     end: float = 0.0
+    icmp: str | None = None  # the ICMP error that ended it: "port unreachable from 10.0.0.2"
 
     @property
     def service(self) -> str:
@@ -273,11 +276,60 @@ class Point:
             object.__setattr__(self, "span_ms", self.covered_ms)
 
 
+class Icmp(NamedTuple):
+    """An ICMP or ICMPv6 destination unreachable about a TCP segment, as captured."""
+
+    ts: float
+    sender: str  # the target itself, or a router on the way
+    src: str  # the quoted segment: the connecting side first
+    sport: int
+    dst: str
+    dport: int
+    kind: ResetKind  # REJECTED or UNREACHABLE
+    code: str  # "port unreachable", "communication administratively prohibited", ...
+    ttl: int
+    iface: str | None
+    errno: str = ""  # what connect() gets from it: "ECONNREFUSED", "EHOSTUNREACH", ...
+
+    @property
+    def service(self) -> str:
+        return endpoint(self.dst, self.dport)
+
+
+class FailedConnect(NamedTuple):
+    """A connect() that never reached ESTABLISHED, as the kernel trace saw its socket: the
+    ground truth that packets, rules and listeners explain."""
+
+    start: float  # wall time it entered SYN_SENT (or failed, when it never did)
+    end: float  # wall time it left SYN_SENT
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    process: Process | None
+    errno: str | None  # "ECONNREFUSED", "ETIMEDOUT", ...; None: the program closed it
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.start)
+
+    @property
+    def service(self) -> str:
+        return endpoint(self.dst, self.dport)
+
+    def ending(self) -> str:
+        """How it ended, in words: "ECONNREFUSED after 0.001 s"."""
+        if self.errno is None:
+            return f"closed by the program after {self.seconds:.3g} s, unanswered"
+        return f"{self.errno} after {self.seconds:.3g} s"
+
+
 class Cause(enum.StrEnum):
     """A finding's cause (DESIGN.md section 4): JSON, Prometheus labels and docs use these
     words, and docs/diagnose.md is held to this list by a test."""
 
     NO_LISTENER = "no-listener"
+    WRONG_ADDRESS = "wrong-address"
     FIREWALL_REJECT = "firewall-reject"
     FIREWALL_DROP = "firewall-drop"
     UNREACHABLE = "unreachable"
@@ -285,6 +337,7 @@ class Cause(enum.StrEnum):
     PEER_ABORT = "peer-abort"
     LOCAL_ABORT = "local-abort"
     NORMAL = "normal"
+    UNEXPLAINED = "unexplained"
 
 
 @dataclass
@@ -307,6 +360,9 @@ class Finding:
     usually: str | None = None
     reason: str | None = None
     evidence: list[str] = field(default_factory=list)
+    errno: str | None = None  # what the failed connects' sockets got (the most common)
+    connects: int = 0  # this namespace's failed connects it accounts for
+    elsewhere: list[dict[str, Any]] = field(default_factory=list)  # listeners, other netns
 
     @property
     def abnormal(self) -> bool:

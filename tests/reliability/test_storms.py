@@ -22,7 +22,9 @@ SCAN = 1_000_000
 CAP_MB = 300  # bench/README.md, "Targets": analyze's peak RSS
 OUT = Path(__file__).parent.parent.parent / "test-output"
 
-pytestmark = pytest.mark.slow  # make test runs them; -m 'not slow' skips
+# slow: make test runs them, -m 'not slow' leaves them out. storm: they flood every
+# tracer on the host (the trace sees all namespaces), so make test runs them alone
+pytestmark = [pytest.mark.slow, pytest.mark.storm]
 
 
 def storm(path: Path, n: int, flags: int) -> None:

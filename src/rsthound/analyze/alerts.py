@@ -34,6 +34,7 @@ class Rule:
     window: int = 3
     clear_samples: int = 3
     clear_ratio: float = 0.5
+    untraced_only: bool = False  # dropped where the kernel trace counts failed connects
 
     def thresholds(self) -> list[tuple[str, float]]:
         out = [(lv, t) for lv, t in zip(LEVELS, (self.warn, self.error, self.critical),
@@ -73,7 +74,14 @@ DEFAULT_RULES = (
          critical=100.0),
     Rule("listen-overflows", "TcpExt.ListenOverflows", "listen queue overflows",
          any_increase=True, error=10.0, critical=100.0, for_samples=1),
+    # connects an ICMP error ended, which Tcp.AttemptFails misses (where the trace runs,
+    # failed-connections counts them: these are then dropped)
+    Rule("icmp-unreachables", "Icmp.InDestUnreachs", "ICMP destination unreachables",
+         warn=1.0, error=5.0, critical=20.0, untraced_only=True),
+    Rule("icmp6-unreachables", "Icmp6.InDestUnreachs", "ICMPv6 destination unreachables",
+         warn=1.0, error=5.0, critical=20.0, untraced_only=True),
 )
+TRACED = "rsthound.FailedConnects"  # every failed connect the kernel trace saw (watch)
 DEFAULT_BASELINES = (
     Baseline("failed-connections-unusual", "Tcp.AttemptFails", "failed TCP connections"),
 )
@@ -223,7 +231,9 @@ class Alerter:
         def r(name: str) -> float:
             return self.rate(name, 3) or 0.0
 
-        fails, rsts, synr = r("Tcp.AttemptFails"), r("Tcp.OutRsts"), r("TcpExt.TCPSynRetrans")
+        fails = r(TRACED) if any(TRACED in s[2] for s in self._steps) else r("Tcp.AttemptFails")
+        rsts, synr = r("Tcp.OutRsts"), r("TcpExt.TCPSynRetrans")
+        icmp = r("Icmp.InDestUnreachs") + r("Icmp6.InDestUnreachs")
         ovf, estab = r("TcpExt.ListenOverflows"), r("Tcp.EstabResets")
         cases: list[str] = []
         words: list[str] = []
@@ -238,6 +248,8 @@ class Alerter:
                 words.append("outgoing connects refused on this host: nothing listens on the "
                              "port they connect to (this host sent the resets too: "
                              f"Tcp.OutRsts {_r(rsts)})")
+            elif icmp > 0:
+                pass  # ICMP errors came back: said below
             elif synr > 0:
                 cases.append("outgoing-timeout")
                 words.append("outgoing connects time out: SYNs go unanswered "
@@ -247,6 +259,11 @@ class Alerter:
                 cases.append("outgoing-refused")
                 words.append("outgoing connects refused by the other side or a firewall on "
                              "the way (resets came in; this host's TCP sent none)")
+        if icmp > 0 and metric not in ("Tcp.OutRsts", "TcpExt.ListenOverflows"):
+            cases.append("outgoing-icmp")
+            words.append(f"connects answered by ICMP destination unreachable ({_r(icmp)}): a "
+                         "REJECT rule (port unreachable, prohibited) or a host or net out of "
+                         "reach; no reset comes, and Tcp.AttemptFails may not count them")
         if estab > 0 and rsts < estab / 2 and metric == "Tcp.OutRsts":
             cases.append("incoming-resets")
             words.append(f"open connections reset by their peers (Tcp.EstabResets {_r(estab)})")

@@ -10,21 +10,13 @@ facts it stands on, so a person can check it.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
-from rsthound.model import (
-    Cause,
-    Conn,
-    Finding,
-    FirewallRule,
-    Listener,
-    Process,
-    Reset,
-    ResetKind,
-    Route,
-    process_text,
-)
+from rsthound.analyze import unreached
+from rsthound.analyze.connects import accounting, connects, tie
+from rsthound.analyze.evidence import counter_evidence, most_common, n_of
+from rsthound.analyze.facts import Facts, Seen
+from rsthound.model import Cause, Finding, Listener, Process, ResetKind, process_text
 from rsthound.textforms import clock, endpoint
 
 # which counter tells since when each cause goes on (in watch's history)
@@ -39,50 +31,10 @@ SHOWN_COUNTERS = ("Tcp.AttemptFails", "Tcp.OutRsts", "Tcp.EstabResets",
                   "TcpExt.ListenOverflows", "TcpExt.TCPSynRetrans")
 
 
-@dataclass(frozen=True)
-class Seen:
-    """One reset or unanswered connect the capture classified, with what the trace knew."""
-
-    ts: float
-    kind: ResetKind
-    server: tuple[str, int]  # the side that was connected to
-    client: tuple[str, int]
-    sender: str | None  # who sent the reset (None: no reset, the SYNs went unanswered)
-    line: str  # as tcpdump prints it, with its kind
-    process: Process | None = None  # the local process that called connect()
-    reason: str | None = None  # the kernel's reason for the reset
-    event: Reset | Conn | None = None  # what the capture classified
-
-
-@dataclass
-class Facts:
-    """Everything one window gave; what could not be read is None (and said in `skipped`)."""
-
-    start: float
-    end: float
-    seen: list[Seen] = field(default_factory=list)
-    captured: bool = False  # packets were watched (else only counters and listeners)
-    counters: dict[str, int] = field(default_factory=dict)  # increase over the window
-    listeners_before: list[Listener] = field(default_factory=list)
-    listeners: list[Listener] = field(default_factory=list)  # at the end
-    local: dict[str, bool] = field(default_factory=dict)  # address -> this namespace's own
-    firewall: list[FirewallRule] | None = None
-    paths: dict[str, Route | None] = field(default_factory=dict)
-    served: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # port -> history
-    port_names: dict[int, str] = field(default_factory=dict)  # port -> what it usually is
-    since: dict[str, float | None] = field(default_factory=dict)  # metric -> start of its run
-    sysctl: dict[str, int] = field(default_factory=dict)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        return max(self.end - self.start, 1e-3)
-
-
 def diagnose(f: Facts) -> list[Finding]:
     """Ranked findings: abnormal ones first, the most frequent first."""
     groups: dict[tuple[tuple[str, int], str], list[Seen]] = {}
-    for s in f.seen:
+    for s in tie(f):
         groups.setdefault((s.server, _category(s, f)), []).append(s)
     found: dict[tuple[str | None, str], Finding] = {}
     for (server, category), seen in groups.items():
@@ -94,10 +46,37 @@ def diagnose(f: Facts) -> list[Finding]:
             found[key] = finding
     for finding in _from_counters(f, found):
         found[(finding.service, finding.cause)] = finding
-    return sorted(found.values(), key=lambda x: (not x.abnormal, -x.count, x.service or ""))
+    findings = list(found.values())
+    left = _unaccounted(f, findings)
+    if left is not None:
+        findings.append(left)
+    # explained first: what is left unexplained is said last
+    return sorted(findings, key=lambda x: (not x.abnormal, x.cause == Cause.UNEXPLAINED,
+                                           -x.count, x.service or ""))
+
+
+def _unaccounted(f: Facts, findings: list[Finding]) -> Finding | None:
+    """The failed connects no finding accounts for, said as such: never silent."""
+    got = accounting(f, findings)
+    n = got["total"] - got["explained"]
+    if n <= 0:
+        return None
+    source = ("traced, and none of them explained" if got["source"] == "trace" else
+              "counted by the kernel (Tcp.AttemptFails), and neither captured nor traced")
+    finding = Finding(None, Cause.UNEXPLAINED, n, n / f.seconds,
+                      f"{n_of(n, 'connect')} failed unexplained",
+                      f"{n_of(n, 'failed connect')} {source}",
+                      "run as root so that rsthound can capture and trace (sudo rsthound "
+                      "diagnose), or watch longer (--duration 10)", connects=n)
+    counter_evidence(finding, f, ("Tcp.AttemptFails", "Tcp.OutRsts", "TcpExt.TCPSynRetrans",
+                                  "Icmp.InDestUnreachs"))
+    finding.since = f.start
+    return finding
 
 
 def _category(s: Seen, f: Facts) -> str:
+    if s.via in ("output", "unexplained"):
+        return s.via
     if s.kind is ResetKind.ABORT or s.kind is ResetKind.STRAY:
         return "abort-local" if s.sender and f.local.get(s.sender) else "abort-peer"
     return s.kind.value
@@ -113,16 +92,27 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
     listener = _listener_on(f, addr, port) if local else None
     overflowing = listener is not None and _overflowing(listener, f)
     evidence = [s.line + (f"  reason {s.reason}" if s.reason else "") for s in seen[:SAMPLES]]
-    reason = _most_common(s.reason for s in seen)
+    reason = most_common(s.reason for s in seen)
     finding = Finding(service, Cause.NORMAL, n, rate, "", "", "", first=min(s.ts for s in seen),
-                      clients=_clients(seen), reason=reason, evidence=evidence)
+                      clients=_clients(seen), reason=reason, evidence=evidence,
+                      errno=most_common(s.connect.errno for s in seen if s.connect),
+                      connects=connects(seen, f))
     if listener is not None:
         finding.server = listener.process.obj() if listener.process else None
     rules = [r for r in f.firewall or () if r.matches(port)]
 
-    if category == "refused":
-        finding.what = f"{_n(n, 'connect')} refused"
-        rejects = [r for r in rules if r.verdict == "reject"]
+    if category == "output":
+        unreached.output_reject(finding, f)
+    elif category == "unexplained":
+        unreached.unexplained(finding, seen)
+    elif category == ResetKind.REJECTED.value:
+        unreached.rejected(finding, seen, f)
+    elif category == ResetKind.UNREACHABLE.value:
+        unreached.unreachable(finding, seen, f)
+    elif category == "refused":
+        finding.what = f"{n_of(n, 'connect')} refused"
+        # (the SYNs reached the wire: this host's output rules are not what rejects them)
+        rejects = [r for r in rules if r.verdict == "reject" and r.hook != "output"]
         if rejects or listener is not None:
             finding.cause = Cause.FIREWALL_REJECT
             finding.evidence += [r.describe() for r in rejects]
@@ -136,17 +126,21 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
             else:
                 finding.why += "the resets do not come from it (a firewall rule or a middlebox)"
                 finding.fix = "find the rule that rejects them: nft list ruleset, iptables-save"
-            _counter_evidence(finding, f, ("Tcp.OutRsts", "Tcp.AttemptFails"))
+            counter_evidence(finding, f, ("Tcp.OutRsts", "Tcp.AttemptFails"))
+        elif others := [x for x in (*f.listeners, *f.listeners_before)
+                        if local and x.port == port]:
+            unreached.wrong_address(finding, others)
+            counter_evidence(finding, f, ("Tcp.OutRsts", "Tcp.AttemptFails"))
         else:
             _no_listener(finding, addr, port, local, f)
     elif category == "injected?":
         finding.cause = Cause.FIREWALL_REJECT
-        finding.what = f"{_n(n, 'reset')} not from {service}'s own stack"
+        finding.what = f"{n_of(n, 'reset')} not from {service}'s own stack"
         finding.why = ("the resets' TTL or IP ID does not fit the server's other packets: a "
                        "firewall or middlebox on the way sends them")
         finding.fix = "find the device that rejects the connection on the way (traceroute -T)"
     elif category == "timeout":
-        finding.what = f"{_n(n, 'connect')} timed out (SYNs unanswered)"
+        finding.what = f"{n_of(n, 'connect')} timed out (SYNs unanswered)"
         drops = [r for r in rules if r.verdict == "drop"]
         path = f.paths.get(addr)
         if overflowing and listener is not None:
@@ -172,24 +166,24 @@ def _judge(server: tuple[str, int], category: str, seen: list[Seen], f: Facts) -
                            + (f" ({path.describe(addr)})" if path is not None else ""))
             finding.fix = (f"check that {addr} is up and is the right address (ip route get "
                            f"{addr}; ip neigh)")
-        _counter_evidence(finding, f, ("Tcp.AttemptFails", "TcpExt.TCPSynRetrans"))
+        counter_evidence(finding, f, ("Tcp.AttemptFails", "TcpExt.TCPSynRetrans"))
     elif category.startswith("abort"):
         if overflowing and listener is not None and f.sysctl.get("tcp_abort_on_overflow"):
-            finding.what = f"{_n(n, 'connection')} reset by a full listener"
+            finding.what = f"{n_of(n, 'connection')} reset by a full listener"
             _overflow(finding, listener, f)
         else:
             by_local = category == "abort-local"
             finding.cause = Cause.LOCAL_ABORT if by_local else Cause.PEER_ABORT
-            finding.what = f"{_n(n, 'open connection')} reset by " + (
+            finding.what = f"{n_of(n, 'open connection')} reset by " + (
                 "this host" if by_local else "the peer")
             why = f" (the kernel's reason: {reason})" if reason else ""
             finding.why = ((f"a local program ({process_text(finding.server)}) " if by_local and
                             finding.server else "this host " if by_local else
                             f"{addr}'s side ") + f"resets open connections{why}")
             finding.fix = _ABORT_FIX.get(reason or "", _ABORT_FIX[""])
-            _counter_evidence(finding, f, ("Tcp.EstabResets", "Tcp.OutRsts"))
+            counter_evidence(finding, f, ("Tcp.EstabResets", "Tcp.OutRsts"))
     else:  # after-close
-        finding.what = f"{_n(n, 'reset')} after a close"
+        finding.what = f"{n_of(n, 'reset')} after a close"
         finding.why = ("resets that follow a FIN: a request crossed the server's close of an "
                        "idle keep-alive connection, ordinary churn")
         finding.fix = "nothing to do"
@@ -240,7 +234,12 @@ def _no_listener(finding: Finding, addr: str, port: int, local: bool, f: Facts) 
     if usually:
         finding.why += f"; port {port}: {usually}"
     finding.fix += (f", or point the client{_client_hint(finding)} at the right port")
-    _counter_evidence(finding, f, ("Tcp.AttemptFails", "Tcp.OutRsts"))
+    if f.elsewhere.get(port):
+        finding.elsewhere = f.elsewhere[port]
+        why, fix = unreached.elsewhere_text(finding.elsewhere, port)
+        finding.why += why
+        finding.fix = fix + "; or " + finding.fix
+    counter_evidence(finding, f, ("Tcp.AttemptFails", "Tcp.OutRsts"))
 
 
 def _overflow(finding: Finding, x: Listener, f: Facts) -> None:
@@ -269,15 +268,15 @@ def _overflow(finding: Finding, x: Listener, f: Facts) -> None:
     finding.evidence.append(f"listener {x.endpoint}: queue {x.queue}, backlog {x.backlog}, "
                             f"drops {x.drops}; net.core.somaxconn {somax}, "
                             f"net.ipv4.tcp_abort_on_overflow {abort}")
-    _counter_evidence(finding, f, ("TcpExt.ListenOverflows", "TcpExt.ListenDrops"))
+    counter_evidence(finding, f, ("TcpExt.ListenOverflows", "TcpExt.ListenDrops"))
     if not finding.what:
-        finding.what = f"{_n(finding.count, 'connection')} dropped by a full listener"
+        finding.what = f"{n_of(finding.count, 'connection')} dropped by a full listener"
 
 
 def _merge(into: Finding, other: Finding, f: Facts) -> None:
     into.count += other.count
     into.rate_per_s = into.count / f.seconds
-    into.what = f"{_n(into.count, 'connection')} failed"
+    into.what = f"{n_of(into.count, 'connection')} failed"
     if other.first is not None and (into.first is None or other.first < into.first):
         into.first = other.first
     by_pid = {c["pid"]: c for c in into.clients}
@@ -309,13 +308,14 @@ def _from_counters(f: Facts, found: dict[tuple[str | None, str], Finding]) -> li
         refused = rsts >= fails / 2
         finding = Finding(
             None, Cause.NO_LISTENER if refused else Cause.UNREACHABLE, fails, fails / f.seconds,
-            f"{_n(fails, 'connect')} failed (Tcp.AttemptFails)",
+            f"{n_of(fails, 'connect')} failed (Tcp.AttemptFails)",
             ("this host refused its own connects (Tcp.OutRsts grew as much): nothing listens "
              "on a local port they go to" if refused else
              "connects failed without this host sending resets: timeouts, or refusals from "
              "elsewhere"),
-            "run as root to see which service and which process (capture and tracing)")
-        _counter_evidence(finding, f, ("Tcp.AttemptFails", "Tcp.OutRsts",
+            "run as root to see which service and which process (capture and tracing)",
+            connects=fails)
+        counter_evidence(finding, f, ("Tcp.AttemptFails", "Tcp.OutRsts",
                                        "TcpExt.TCPSynRetrans"))
         finding.since = _since(finding, f)
         out.append(finding)
@@ -364,20 +364,6 @@ def _client_hint(finding: Finding) -> str:
     return f", {process_text(finding.clients[0])}," if finding.clients else ""
 
 
-def _counter_evidence(finding: Finding, f: Facts, names: tuple[str, ...]) -> None:
-    head = f"counters over {f.seconds:.1f} s: "
-    line = next((i for i, e in enumerate(finding.evidence) if e.startswith(head)), None)
-    shown = finding.evidence[line] if line is not None else ""
-    parts = [f"{m} +{f.counters[m]}" for m in names
-             if f.counters.get(m) is not None and f"{m} +" not in shown]
-    if not parts:
-        return
-    if line is None:
-        finding.evidence.append(head + ", ".join(parts))
-    else:
-        finding.evidence[line] += ", " + ", ".join(parts)
-
-
 def _since(finding: Finding, f: Facts) -> float | None:
     """When this began: the start of the counter's run in watch's history, else the first
     sight in this window."""
@@ -385,14 +371,3 @@ def _since(finding: Finding, f: Facts) -> float | None:
     if run is not None and (finding.first is None or run < finding.first):
         return run
     return finding.first if finding.first is not None else f.start
-
-
-def _most_common(values: Any) -> str | None:
-    got = Counter(v for v in values if v)
-    return got.most_common(1)[0][0] if got else None
-
-
-def _n(n: int, thing: str) -> str:
-    return f"{n} {thing}{'' if n == 1 else 's'}"
-
-

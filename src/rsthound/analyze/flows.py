@@ -20,8 +20,9 @@ import numpy as np
 from rsthound.analyze import zeek
 from rsthound.analyze.zeek import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, SYN_SENT
 from rsthound.formats.columns import TcpColumns
-from rsthound.formats.inet import ACK, FIN, RST, SYN, format_addr
-from rsthound.model import Conn, Reset, ResetKind
+from rsthound.formats.icmp import IcmpError
+from rsthound.formats.inet import ACK, FIN, RST, SYN, addr_bytes, format_addr
+from rsthound.model import Conn, Icmp, Reset, ResetKind
 
 CTL = SYN | FIN | RST
 
@@ -53,7 +54,7 @@ class Flow:
     """A connection being tracked."""
 
     __slots__ = (
-        "a_is_orig", "first_kind", "hist", "iface", "key", "last", "nresets",
+        "a_is_orig", "first_kind", "hist", "icmp", "iface", "key", "last", "nresets",
         "orig", "resp", "start",
     )
 
@@ -68,6 +69,7 @@ class Flow:
         self.iface = iface
         self.nresets = 0
         self.first_kind: ResetKind | None = None
+        self.icmp: str | None = None
 
     @property
     def uid(self) -> str:
@@ -154,9 +156,11 @@ class FlowTable:
         timeout_after: float = 3.0,
         counts: bool = True,
         unanswered_only: bool = False,
+        on_icmp: Callable[[Icmp], None] = lambda _i: None,
     ) -> None:
         self.on_conn = on_conn
         self.on_reset = on_reset
+        self.on_icmp = on_icmp
         self.idle_timeout = idle_timeout
         self.close_delay = close_delay
         self.max_conns = max_conns
@@ -373,6 +377,25 @@ class FlowTable:
                 flow.last = ts
 
     # -- ending connections ----------------------------------------------------------------
+    def icmp(self, ts: float, err: IcmpError, iface: str | None) -> None:
+        """An ICMP error about a segment: told, and when it answers a connection's SYN that
+        nothing else answered, that connection ends with it (so did the connect())."""
+        kind = ResetKind.REJECTED if err.rejected else ResetKind.UNREACHABLE
+        self.on_icmp(Icmp(ts, err.sender, err.src, err.sport, err.dst, err.dport, kind,
+                          err.code, err.ttl, iface, err.errno))
+        a, b = addr_bytes(err.src), addr_bytes(err.dst)
+        ka, kb = a + err.sport.to_bytes(2, "big"), b + err.dport.to_bytes(2, "big")
+        key = ka + kb if ka <= kb else kb + ka
+        flow = self.flows.get(key)
+        if flow is None or flow.resp.pkts or flow.a_is_orig != (ka <= kb):
+            return
+        if ts > self.now:
+            self.now = ts
+        flow.first_kind = kind
+        flow.icmp = f"{err.code} from {err.sender}"
+        flow.last = max(flow.last, ts)
+        self._finish(flow)
+
     def sweep(self, now: float) -> None:
         """Finish connections idle past their timeout (closed ones sooner)."""
         self._next_sweep = now + 10.0
@@ -417,7 +440,7 @@ class FlowTable:
         if state == "REJ":
             failure = ResetKind.REFUSED
         if self.unanswered_only and failure is not ResetKind.TIMEOUT:
-            return
+            return  # (ICMP errors are told as they come)
         oh, op, rh, rp = flow.endpoints(self._addr)
         self.on_conn(Conn(
             # summary-only: connection records are never shown, so no uid is made for them
@@ -428,5 +451,5 @@ class FlowTable:
             orig_pkts=flow.orig.pkts, resp_pkts=flow.resp.pkts,
             orig_ip_bytes=flow.orig.ip_bytes, resp_ip_bytes=flow.resp.ip_bytes,
             failure=failure, syn_retrans=max(0, flow.orig.syns - 1), resets=flow.nresets,
-            iface=flow.iface, end=flow.last,
+            iface=flow.iface, end=flow.last, icmp=flow.icmp,
         ))

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from rsthound.analyze.flows import FlowTable, Plan, plan_batch
 from rsthound.analyze.summary import Summarizer, Summary
 from rsthound.formats.columns import DecodeStats, TcpColumns, decode_tcp
+from rsthound.formats.icmp import IcmpError
 from rsthound.formats.inet import addr_bytes
+from rsthound.formats.linktypes import LINUX_SLL2
 from rsthound.formats.records import RecordBatch
-from rsthound.model import Conn, Reset
+from rsthound.model import Conn, Icmp, Reset
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,13 @@ class Selection:
             masks.append(cols.ts < self.until)
         return np.logical_and.reduce(masks) if masks else None
 
+    def takes(self, ts: float, e: IcmpError) -> bool:
+        """Whether an ICMP error about the segment e quotes is selected."""
+        return ((not self.ports or e.sport in self.ports or e.dport in self.ports)
+                and (not self.hosts or e.src in self.hosts or e.dst in self.hosts)
+                and (self.since is None or ts >= self.since)
+                and (self.until is None or ts < self.until))
+
 
 def interface_label(names: list[str | None], iface: int, ifindex: int) -> str | None:
     """How a packet's interface is shown: the file's name for it (or `ifN` when the file
@@ -68,23 +77,37 @@ class Prepared:
     first_ts: float
     last_ts: float
     end_offset: int  # file offset of the batch's last record (for progress)
+    # ICMP errors about TCP: (time, message, interface index in the file, Linux ifindex)
+    icmp: list[tuple[float, IcmpError, int, int]] = field(default_factory=list)
 
 
 def prepare(batch: RecordBatch, selection: Selection, stats: DecodeStats,
             counts: bool) -> Prepared:
     """Everything about a batch that needs no connection state (numpy only)."""
-    cols = decode_tcp(batch, stats)
+    found: list[tuple[int, IcmpError]] = []
+    cols = decode_tcp(batch, stats, found)
     keep = selection.mask(cols)
     if keep is not None:
         cols = cols.take(np.flatnonzero(keep))
     n = len(batch)
+    icmp = [(float(batch.ts[r]), e, int(batch.iface[r]) if len(batch.interfaces) > 1 else -1,
+             _sll2_ifindex(batch, r)) for r, e in found if selection.takes(float(batch.ts[r]), e)]
     return Prepared(
         plan=plan_batch(cols, counts),
         names=[i.name for i in batch.interfaces],
         first_ts=float(batch.ts.min()) if n else math.inf,
         last_ts=float(batch.ts.max()) if n else -math.inf,
         end_offset=int(batch.rec_off[-1]) if n else 0,
+        icmp=icmp,
     )
+
+
+def _sll2_ifindex(batch: RecordBatch, r: int) -> int:
+    """The Linux ifindex of record `r` when its link type (SLL2) carries one, else -1."""
+    if batch.interfaces[int(batch.iface[r])].linktype != LINUX_SLL2:
+        return -1
+    off = int(batch.data_off[r]) + 4
+    return int.from_bytes(batch.buf[off:off + 4].tobytes(), "big")
 
 
 class Analysis:
@@ -98,12 +121,14 @@ class Analysis:
         max_conns: int = 200_000,
         ifname: Callable[[int], str | None] | None = None,
         summarize: bool = True,
+        on_icmp: Callable[[Icmp], None] | None = None,
     ) -> None:
         """`on_conn` given: connections are reported whole (packet and byte counts, full
         history); without it only the summary is wanted, and the tracker can skip more.
         `ifname`: this host's name for an interface index (live capture only).
         `summarize` False: only the resets and the connections that failed without one are
-        wanted, through the callbacks (the summary stays empty)."""
+        wanted, through the callbacks (the summary stays empty). `on_icmp`: each ICMP
+        error about TCP, as it comes."""
         self.ifname = ifname
         self.summary = Summary()
         self.stats = DecodeStats()
@@ -121,8 +146,15 @@ class Analysis:
             def reset_cb(r: Reset) -> None:
                 self._sum.reset(r)
                 on_reset(r)
+        icmp_cb = on_icmp or (lambda _i: None)
+        if summarize:
+            def icmp_cb(i: Icmp) -> None:
+                self._sum.icmp(i)
+                if on_icmp is not None:
+                    on_icmp(i)
         self.table = FlowTable(conn_cb, reset_cb, max_conns=max_conns,
-                               counts=on_conn is not None, unanswered_only=not summarize)
+                               counts=on_conn is not None, unanswered_only=not summarize,
+                               on_icmp=icmp_cb)
 
     def feed(self, batch: RecordBatch) -> Prepared:
         p = prepare(batch, self.selection, self.stats, self.table.counts)
@@ -144,6 +176,8 @@ class Analysis:
         if self.table.unanswered_only:
             plan = self.table.take_refusals(plan, label)
         self.table.apply(plan, label)
+        for ts, err, iface, ifindex in p.icmp:
+            self.table.icmp(ts, err, label(iface, ifindex))
 
     def finish(self, files: list[str]) -> Summary:
         self.table.close()

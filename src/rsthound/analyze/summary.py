@@ -10,10 +10,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from rsthound.model import Conn, Damage, Reset, ResetKind
+from rsthound.model import Conn, Damage, Icmp, Reset, ResetKind
 from rsthound.textforms import endpoint, rate
 
-FAILURES = (ResetKind.REFUSED, ResetKind.TIMEOUT)
+FAILURES = (ResetKind.REFUSED, ResetKind.TIMEOUT, ResetKind.REJECTED, ResetKind.UNREACHABLE)
+ICMP = (ResetKind.REJECTED, ResetKind.UNREACHABLE)
 OTHER = "(other)"
 
 
@@ -73,6 +74,7 @@ class Summary:
     states: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     resets: Counter[str] = field(default_factory=Counter)
+    icmp: Counter[str] = field(default_factory=Counter)  # ICMP errors about TCP, by kind
     services: dict[str, Service] = field(default_factory=dict)
     fail_seconds: Counter[int] = field(default_factory=Counter)  # whole second -> failures
     fail_first: float = math.inf
@@ -133,12 +135,16 @@ class Summarizer:
             svc.failed[c.failure.value] += 1
             svc.syn_retrans += c.syn_retrans
             # a connect fails when its last SYN goes unanswered, or when it is refused
-            t = c.end if c.failure is ResetKind.REFUSED else c.ts
+            t = c.end if c.failure is ResetKind.REFUSED or c.failure in ICMP else c.ts
             svc.first = min(svc.first, t)
             svc.last = max(svc.last, t)
             s.fail_seconds[int(t)] += 1
             s.fail_first = min(s.fail_first, t)
             s.fail_last = max(s.fail_last, t)
+
+    def icmp(self, i: Icmp) -> None:
+        """An ICMP error: counted by kind; the connection it ended counts as a failure."""
+        self.s.icmp[i.kind.value] += 1
 
     def reset(self, r: Reset) -> None:
         self.s.resets[r.kind.value] += 1

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from rsthound.analyze.diagnosis import Seen
 from rsthound.analyze.rates import increase
 from rsthound.commands import Exit, options
-from rsthound.model import Reset
+from rsthound.model import Icmp, Reset
 from rsthound.observe.observation import Observation
 from rsthound.observe.sightings import Sightings
 from rsthound.report import jsonout, text
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.json and isinstance(ev, Reset):
             out.write(jsonout.reset_line(ev, s.reason, s.process))
         elif args.json:
-            obj = jsonout.failure_obj(ev)
+            obj = jsonout.icmp_obj(ev) if isinstance(ev, Icmp) else jsonout.failure_obj(ev)
             obj["reason"] = s.reason
             obj["process"] = s.process.obj() if s.process else None
             out.write(jsonout.line(obj))

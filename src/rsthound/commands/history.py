@@ -8,6 +8,7 @@ import shutil
 import time
 from typing import Any, TextIO
 
+from rsthound.analyze.alerts import TRACED
 from rsthound.commands import Exit, options
 from rsthound.metrics import BY_NAME
 from rsthound.report import history as view
@@ -73,7 +74,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         label = store.label or netns_label(args.netns)
         lo, hi = round(since * 1000), round(until * 1000)
         points = store.series(metric.name, lo, hi)
-        events = [e for e in store.events(lo, hi) if e.get("metric") == metric.name]
+        # alerts on the failed connects watch traced are this chart's too: the same failures
+        # (Tcp.AttemptFails counts only some of them)
+        same = {metric.name} | ({TRACED} if metric.name == "Tcp.AttemptFails" else set())
+        events = [e for e in store.events(lo, hi) if e.get("metric") in same]
     if args.json:
         out.write(line(view.history_obj(metric, label, path, since, until, points, events)))
     else:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import rsthound.observe  # noqa: F401  (whole, before `--user` gives up root)
-from rsthound.analyze.alerts import Alerter
+from rsthound.analyze.alerts import TRACED, Alerter
 from rsthound.analyze.rates import Ticker
 from rsthound.commands import Exit, options
 from rsthound.config import load_config
@@ -109,7 +109,9 @@ def add_parser(sub: Any) -> None:
                    help="with --listen: services with their own label in /metrics, the "
                    "rest are 'other' (default 20)")
     p.add_argument("--no-capture", action="store_true",
-                   help="with --listen: no always-on capture (only the kernel's counters)")
+                   help="no always-on capture and trace (as root, watch keeps one for its "
+                   "investigations and /metrics; without it, an alert's investigation opens "
+                   "its own)")
     p.add_argument("--user", metavar="NAME",
                    help="start as root, open what needs it (capture, tracing, sockets), "
                    "then run as this user")
@@ -148,7 +150,6 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock | None 
     active: dict[str, object] = {}
     notes: dict[str, dict[str, str]] = {}  # rule -> its findings, as Alertmanager annotations
     with CounterReader(args.proc_root, args.netns) as reader:
-        alerter = Alerter(cfg.rules, cfg.baselines)
         db = None if args.no_history else args.db or default_path(args.netns)
         say(f"watching {reader.label} every {interval:g} s with {len(cfg.rules)} rules and "
             f"{len(cfg.baselines)} baseline(s) from {cfg.source}"
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock | None 
         # the always-on observation: behind /metrics, and what investigations read once
         # watch runs as a user (it opens the capture and the trace while still root)
         monitor = None
-        if (args.listen or args.user) and not args.no_capture:
+        if not args.no_capture and (args.listen or args.user or os.geteuid() == 0):
             monitor = Monitor(args.netns, top=args.services, proc_root=args.proc_root, db=db)
             monitor.start()
             if state is not None:
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock | None 
                 say(f"no always-on capture: {monitor.error}")
             for part in monitor.skipped:
                 say(f"without {part.text()}")
+        alerter = Alerter(*_rules(cfg, monitor is not None and monitor.traced, say))
         if args.user:
             _become(args.user, monitor, db, say)
 
@@ -227,7 +229,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock | None 
                     if p not in seen_problems:
                         seen_problems.add(p)
                         say(f"damaged: {p}")
-                t = ticker.next(clock.monotonic(), clock.time(), sample.values)
+                values = sample.values
+                if monitor is not None and monitor.traced:
+                    values = {**values, TRACED: monitor.failed_connects}
+                t = ticker.next(clock.monotonic(), clock.time(), values)
                 events = [(e, view.event_obj(e, host, reader.label))
                           for e in alerter.observe(t)]
                 if state is not None:
@@ -290,6 +295,21 @@ def _serve(args: argparse.Namespace, host: str, label: str, rules: Any, interval
     say(f"serving http://{url_host(addr)}:{server.address[1]}/ (/metrics, /api/status)"
         + ("" if auth.required else ", no authentication"))
     return server, state
+
+
+def _rules(cfg: Any, traced: bool, say: Callable[[str], None]) -> tuple[tuple, tuple]:
+    """The rules and baselines to watch with: where the kernel trace counts failed connects,
+    the rules on Tcp.AttemptFails count from it instead (it misses ICMP rejects and client
+    timeouts), and the ICMP rules that stood in for that are dropped."""
+    if not traced:
+        return cfg.rules, cfg.baselines
+    say(f"failed connections counted from the kernel trace ({TRACED}): every connect that "
+        "failed, ICMP rejects and client timeouts included")
+    rules = tuple(dataclasses.replace(r, metric=TRACED) if r.metric == "Tcp.AttemptFails"
+                  else r for r in cfg.rules if not r.untraced_only)
+    baselines = tuple(dataclasses.replace(b, metric=TRACED) if b.metric == "Tcp.AttemptFails"
+                      else b for b in cfg.baselines)
+    return rules, baselines
 
 
 def _listener_reader(netns: str | None, say: Callable[[str], None]) -> Any:

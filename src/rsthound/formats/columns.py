@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rsthound.formats import linktypes as lt
+from rsthound.formats.icmp import PROTO_ICMP, PROTO_ICMP6, IcmpError, parse_icmp_error
 from rsthound.formats.inet import ACK, FIN, PROTO_TCP, RST, SYN, NotTcp, parse_ip_tcp
 from rsthound.formats.records import RecordBatch, u16_at, u32_at
 
@@ -87,8 +88,11 @@ class TcpColumns:
         return cols
 
 
-def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
-    """Decode every packet of `batch`; non-TCP packets are counted in `stats` and dropped."""
+def decode_tcp(batch: RecordBatch, stats: DecodeStats,
+               icmp: list[tuple[int, IcmpError]] | None = None) -> TcpColumns:
+    """Decode every packet of `batch`; non-TCP packets are counted in `stats` and dropped.
+    With `icmp`, the ICMP destination-unreachable messages about TCP are appended to it
+    (record index, message): they are rare, and read one at a time."""
     n = len(batch)
     stats.packets += n
     buf = batch.buf
@@ -172,6 +176,13 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats) -> TcpColumns:
     stats.skipped["fragment"] += int((v4 & (proto4 == PROTO_TCP) & (frag != 0)).sum())
     other4 = v4 & (proto4 != PROTO_TCP)
     other6 = v6 & ~ext6 & (nxt6 != PROTO_TCP)
+    if icmp is not None:
+        for r in np.flatnonzero((other4 & (proto4 == PROTO_ICMP) & (frag == 0))
+                                | (other6 & (nxt6 == PROTO_ICMP6))).tolist():
+            start = int(d[r])
+            got = parse_icmp_error(buf[start:start + int(cap[r])].tobytes(), int(l3[r]))
+            if got is not None:
+                icmp.append((r, got))
     v6 &= nxt6 == PROTO_TCP
     stats.skipped["not TCP"] += int((other4 | other6).sum())
     v4 &= (proto4 == PROTO_TCP) & (frag == 0)

@@ -63,3 +63,25 @@ def parse_proc_net(text: str, path: str, problems: list[str]) -> dict[str, int]:
 def _where(path: str, index: int, line: str, what: str) -> str:
     shown = line if len(line) <= 60 else line[:57] + "..."
     return f"{path}: line {index + 1}: {what}: {shown!r}"
+
+
+_SNMP6 = ("Icmp6", "Ip6", "UdpLite6", "Udp6")  # longest first where one starts another
+
+
+def parse_snmp6(text: str, path: str, problems: list[str]) -> dict[str, int]:
+    """/proc/net/snmp6: one "NameValue" pair a line, the group glued to the name.
+
+    >>> parse_snmp6("Ip6InReceives  \\t7\\nIcmp6InDestUnreachs\\t2\\n", "snmp6", [])
+    {'Ip6.InReceives': 7, 'Icmp6.InDestUnreachs': 2}
+    """
+    out: dict[str, int] = {}
+    for i, line in enumerate(text.splitlines()):
+        fields = line.split()
+        if not fields:
+            continue
+        group = next((g for g in _SNMP6 if fields[0].startswith(g)), None)
+        if len(fields) != 2 or group is None or not fields[1].isdigit():
+            problems.append(_where(path, i, line, "expected 'Group6Name value'"))
+            continue
+        out[f"{group}.{fields[0][len(group):]}"] = int(fields[1])
+    return out

@@ -67,31 +67,52 @@ def parse_format(text: str) -> EventFormat:
 
 
 def page_records(page: bytes) -> Iterator[memoryview]:
-    """The event records of one `trace_pipe_raw` page (header: u64 timestamp, u64 commit
-    whose low bits are the data's size; data from byte 16)."""
+    """The event records of one `trace_pipe_raw` page, without their times."""
+    for _ts, rec in page_events(page):
+        yield rec
+
+
+def page_events(page: bytes) -> Iterator[tuple[int, memoryview]]:
+    """(timestamp, record) of each event of one `trace_pipe_raw` page. The header is a u64
+    timestamp and a u64 commit whose low bits are the data's size, data from byte 16; each
+    event's header holds its time since the previous one (27 bits, and TIME_EXTEND for
+    more), in the instance's trace_clock (nanoseconds)."""
     if len(page) < 16:
         return
-    size = struct.unpack_from("=Q", page, 8)[0] & 0xFFFFF  # high bits: missed-event flags
+    ts, commit = struct.unpack_from("=QQ", page, 0)
+    size = commit & 0xFFFFF  # high bits: missed-event flags
     view = memoryview(page)
     end = min(len(page), 16 + size)
     off = 16
     while off + 4 <= end:
         head = struct.unpack_from("=I", page, off)[0]
         kind = head & 31
+        delta = head >> 5
         if kind == TYPE_PADDING:
             if off + 8 > end:
                 return
             off += 4 + struct.unpack_from("=I", page, off + 4)[0]
-        elif kind in (TYPE_TIME_EXTEND, TYPE_TIME_STAMP):
+        elif kind == TYPE_TIME_EXTEND:
+            if off + 8 > end:
+                return
+            ts += (struct.unpack_from("=I", page, off + 4)[0] << 27) + delta
+            off += 8
+        elif kind == TYPE_TIME_STAMP:
+            if off + 8 > end:
+                return
+            ts = (ts & ~((1 << 59) - 1)) | (struct.unpack_from("=I", page, off + 4)[0] << 27
+                                           ) + delta
             off += 8
         elif kind == 0:
             if off + 8 > end:
                 return
+            ts += delta
             length = (struct.unpack_from("=I", page, off + 4)[0] - 4 + 3) & ~3
-            yield view[off + 8:off + 8 + length]
+            yield ts, view[off + 8:off + 8 + length]
             off += 8 + length
         else:
-            yield view[off + 4:off + 4 + kind * 4]
+            ts += delta
+            yield ts, view[off + 4:off + 4 + kind * 4]
             off += 4 + kind * 4
 
 

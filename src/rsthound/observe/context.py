@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import time
+from typing import Any
 
 from rsthound.analyze.diagnosis import SINCE_METRIC, Facts
 from rsthound.errors import RstHoundError
@@ -20,7 +21,8 @@ from rsthound.model import FirewallRule, ResetKind, Route
 from rsthound.sinks.history import History, default_path
 from rsthound.sources.netstate import is_local, read_firewall, read_path
 from rsthound.sources.portnames import port_name
-from rsthound.sources.procfs import in_netns
+from rsthound.sources.procfs import NETNS_DIR, in_netns, other_namespaces
+from rsthound.sources.sockdiag import ListenerReader, name_owners
 
 SYSCTLS = {"somaxconn": "/proc/sys/net/core/somaxconn",
            "tcp_abort_on_overflow": "/proc/sys/net/ipv4/tcp_abort_on_overflow",
@@ -29,8 +31,9 @@ SYSCTLS = {"somaxconn": "/proc/sys/net/core/somaxconn",
 
 class Context:
     def __init__(self, ns_path: str | None, netns: str | None = None, db: str | None = None,
-                 firewall_every: float = math.inf) -> None:
+                 firewall_every: float = math.inf, proc_root: str = "/proc") -> None:
         self.ns_path, self.netns, self.db = ns_path, netns, db
+        self.proc_root = proc_root
         self.firewall_every = firewall_every
         self.local: dict[str, bool] = {}
         self.paths: dict[str, Route | None] = {}
@@ -73,9 +76,12 @@ class Context:
     # -- a window's facts -------------------------------------------------------------------
     def network(self, facts: Facts) -> None:
         """Addresses, rules and routes for what the window saw (every tick of watch)."""
-        addrs = {s.server[0] for s in facts.seen} | {s.sender for s in facts.seen if s.sender}
+        addrs = ({s.server[0] for s in facts.seen} | {s.sender for s in facts.seen if s.sender}
+                 | {s.client[0] for s in facts.seen} | {x.dst for x in facts.failed}
+                 | {x.src for x in facts.failed if x.sport})
         facts.local = self.addresses(addrs)
-        if any(s.kind in (ResetKind.REFUSED, ResetKind.TIMEOUT) for s in facts.seen):
+        if facts.failed or any(s.kind in (ResetKind.REFUSED, ResetKind.TIMEOUT)
+                               for s in facts.seen):
             facts.firewall = self.firewall()
             if facts.firewall is None:
                 facts.skipped.append({"what": "firewall rules", "why": "nft is missing or "
@@ -84,6 +90,9 @@ class Context:
         for s in facts.seen:
             if s.kind is ResetKind.TIMEOUT:
                 self.route(s.server[0])
+        for x in facts.failed:
+            if x.errno != "ECONNREFUSED":
+                self.route(x.dst)
         facts.paths = self.paths
 
     def explain(self, facts: Facts) -> None:
@@ -92,10 +101,48 @@ class Context:
         self.network(facts)
         with contextlib.suppress(RstHoundError):
             facts.sysctl = self.sysctls()
-        refused = {s.server[1] for s in facts.seen if s.kind is ResetKind.REFUSED}
+        refused = {s.server[1] for s in facts.seen if s.kind is ResetKind.REFUSED} | {
+            x.dport for x in facts.failed if x.errno == "ECONNREFUSED"}
         for port in refused:
             facts.port_names[port] = port_name(port).text()
+        listening = {x.port for x in (*facts.listeners, *facts.listeners_before)}
+        for port in refused - listening:
+            found = self.elsewhere(port)
+            if found:
+                facts.elsewhere[port] = found
         self._history(facts, refused)
+
+    def elsewhere(self, port: int) -> list[dict[str, Any]]:
+        """The listeners on `port` in the host's other network namespaces (containers, a
+        service started in the wrong one), one process of each namespace read."""
+        try:
+            here = os.stat(self.ns_path or f"{self.proc_root}/self/ns/net").st_ino
+        except OSError:
+            return []
+        found = []
+        for inode, pid in other_namespaces(self.proc_root, here).items():
+            try:
+                with ListenerReader(f"{self.proc_root}/{pid}/ns/net") as reader:
+                    mine = [x for x in reader.read() if x.port == port]
+            except (RstHoundError, OSError):
+                continue
+            for x in name_owners(mine, self.proc_root):
+                p = x.process
+                found.append({"endpoint": x.endpoint, "netns": inode,
+                              "namespace": self.names().get(inode),
+                              "pid": p.pid if p else None, "comm": p.comm if p else None,
+                              "container": p.container if p else None,
+                              "unit": p.unit if p else None})
+        return found
+
+    def names(self) -> dict[int, str]:
+        """Namespace inode -> its name in /run/netns ('ip netns')."""
+        out = {}
+        with contextlib.suppress(OSError):
+            for name in os.listdir(NETNS_DIR):
+                with contextlib.suppress(OSError):
+                    out[os.stat(f"{NETNS_DIR}/{name}").st_ino] = f"netns {name}"
+        return out
 
     def _history(self, facts: Facts, ports: set[int]) -> None:
         path = self.db or default_path(self.netns)

@@ -52,9 +52,11 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
         facts.listeners_before = listening_before
         facts.listeners = obs.listening()
         facts.seen = sorted(sights.take(), key=lambda s: s.ts)
+        facts.traced = obs.traced
+        facts.failed = [x for x in obs.failed_connects() if x.end >= start]
     facts.skipped = [s.obj() for s in obs.skipped]
     name_owners(facts.listeners + facts.listeners_before, proc_root)
-    Context(obs.ns_path, netns, db).explain(facts)
+    Context(obs.ns_path, netns, db, proc_root=proc_root).explain(facts)
     return facts
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from rsthound.analyze.diagnosis import Facts
+from rsthound.analyze.facts import Facts, Seen
 from rsthound.analyze.rates import increases
 from rsthound.errors import RstHoundError
+from rsthound.model import FailedConnect
 from rsthound.observe.context import Context
 from rsthound.observe.observation import Observation, Skip
 from rsthound.observe.sightings import Sightings
@@ -21,6 +22,8 @@ from rsthound.observe.tallies import Tallies
 from rsthound.sources.sockdiag import OwnerCache
 
 TICK = 1.0
+HOLD = 2.0  # seconds a traced failed connect waits for its packets
+KEEP = 4096  # sightings' connections remembered, so that no connect counts twice
 FIREWALL_EVERY = 30.0  # seconds between reads of the nftables rules
 
 
@@ -32,6 +35,10 @@ class Monitor:
         self.error: str | None = None  # why it does not capture, when it does not
         self.skipped: list[Skip] = []  # parts it runs without (no trace, say)
         self.running = False
+        self.traced = False  # its trace runs: `failed_connects` counts every failed connect
+        self.failed_connects = 0  # so far, traced
+        self._held: list[FailedConnect] = []
+        self._judged: OrderedDict[tuple, float] = OrderedDict()
         self.started = threading.Event()  # set once running, or failed
         self.instances: list[str] = []  # its tracefs instance, once open
         self.context: Context | None = None
@@ -78,7 +85,8 @@ class Monitor:
     def _watch(self, obs: Observation) -> None:
         self.skipped = obs.skipped
         self.instances = list(obs.tracer.instances) if obs.tracer is not None else []
-        ctx = self.context = Context(obs.ns_path, self.netns, self.db,
+        self.traced = obs.traced
+        ctx = self.context = Context(obs.ns_path, self.netns, self.db, proc_root=self.proc_root,
                                      firewall_every=FIREWALL_EVERY)
         ctx.firewall()  # now: rsthound may run as a user later
         sights = Sightings(obs)
@@ -94,14 +102,36 @@ class Monitor:
             if now - start < TICK:
                 continue
             after, now_listening = obs.counter_values(), owners.fill(obs.listening())
-            facts = Facts(start, now, sights.take(), captured=True,
+            seen = sights.take()
+            facts = Facts(start, now, seen, captured=True,
                           listeners_before=listening, listeners=now_listening,
-                          counters=increases(before, after))
+                          counters=increases(before, after), traced=obs.traced,
+                          failed=self._pair(seen, obs.failed_connects(), now))
+            self.failed_connects += len(facts.failed)
             ctx.network(facts)
             with self._lock:
                 self.recent.append(facts)
                 self.tallies.add(facts)
             start, before, listening = now, after, now_listening
+
+    def _pair(self, seen: list[Seen], failed: list[FailedConnect], now: float
+              ) -> list[FailedConnect]:
+        """The failed connects to judge with this tick's sightings. The trace and the capture
+        do not tell a connect at the same moment: one whose packets are in this tick goes
+        with them; one whose packets were judged in an earlier tick is not counted twice;
+        one with no packet yet waits up to HOLD seconds for them."""
+        keys = {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
+        for k in keys:
+            _remember(self._judged, k, now)
+        out, held = [], []
+        for x in self._held + failed:
+            k = ((x.src, x.sport), (x.dst, x.dport))
+            if k in keys or now - x.end >= HOLD:
+                out.append(x)
+            elif k not in self._judged:
+                held.append(x)
+        self._held = held
+        return out
 
     def window(self, seconds: float, should_stop: Callable[[], bool]) -> Facts:
         """What the next `seconds` bring, as one investigation's Facts: the always-on
@@ -124,3 +154,10 @@ class Monitor:
             for k, v in f.counters.items():
                 merged.counters[k] = merged.counters.get(k, 0) + v
         return merged
+
+
+def _remember(d: OrderedDict, key: object, value: object) -> None:
+    d[key] = value
+    d.move_to_end(key)
+    while len(d) > KEEP:
+        d.popitem(last=False)

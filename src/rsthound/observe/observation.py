@@ -9,13 +9,15 @@ through this class; nothing else opens a capture or a tracer.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from rsthound.errors import NeedPrivilege, RstHoundError
 from rsthound.formats.records import RecordBatch
-from rsthound.model import Conn, Listener, Process, Reset, ResetKind
+from rsthound.model import Conn, FailedConnect, Icmp, Listener, Process, Reset, ResetKind
 from rsthound.sources.live import DEFAULT_SNAPLEN, LiveCapture
 from rsthound.sources.procfs import CounterReader, in_netns, netns_label, netns_path
 from rsthound.sources.sockdiag import ListenerReader
@@ -62,6 +64,10 @@ class Observation:
         self.netns = netns
         self.label = netns_label(netns)
         self.ns_path = observed_ns(netns, proc_root)
+        try:  # which namespace it is: the trace sees every one, this is to tell them apart
+            self.ns_inode: int | None = os.stat(self.ns_path or "/proc/self/ns/net").st_ino
+        except OSError:
+            self.ns_inode = None
         self.proc_root = proc_root
         self.command = command
         self.skipped: list[Skip] = []
@@ -124,7 +130,7 @@ class Observation:
         """The listeners now, owners not yet named ([] without them)."""
         return self.listeners.read() if self.listeners is not None else []
 
-    def name(self, event: Reset | Conn) -> tuple[Process | None, str | None]:
+    def name(self, event: Reset | Conn | Icmp) -> tuple[Process | None, str | None]:
         """The process that connected, and the kernel's reason for a reset it sent: the one
         way a connection is tied to its process (by its ports, as the trace saw them at
         connect())."""
@@ -133,9 +139,24 @@ class Observation:
             return None, None
         if isinstance(event, Conn):
             return t.process(event.orig_p, event.resp_p), None
+        if isinstance(event, Icmp):
+            return t.process(event.sport, event.dport), None
         client, server = client_server(event)
         proc = t.process(client[1], server[1]) or t.process(server[1], client[1])
         return proc, t.reason(event.src, event.sport, event.dst, event.dport)
+
+    def failed_connects(self, until: float = math.inf) -> list[FailedConnect]:
+        """The connects of this namespace that failed (left SYN_SENT for CLOSE, or found no
+        route) before `until`, not taken yet; [] without the trace."""
+        if self.tracer is None:
+            return []
+        return [x for x in self.tracer.failed(until) if x.process is None
+                or x.process.netns is None or self.ns_inode is None
+                or x.process.netns == self.ns_inode]
+
+    @property
+    def traced(self) -> bool:
+        return self.tracer is not None
 
     @property
     def behind(self) -> bool:

@@ -11,22 +11,25 @@ from collections import deque
 from rsthound.analyze.diagnosis import Seen
 from rsthound.analyze.session import Analysis
 from rsthound.formats.records import RecordBatch
-from rsthound.model import Conn, Reset, ResetKind
+from rsthound.model import Conn, Icmp, Reset, ResetKind
 from rsthound.observe.observation import Observation, client_server
-from rsthound.report.text import render_failure, render_reset
+from rsthound.report.text import render_failure, render_icmp, render_reset
 
 
 class Sightings:
     def __init__(self, obs: Observation, summarize: bool = False) -> None:
         self.obs = obs
         self.resets = 0  # resets classified so far
-        self._pending: deque[tuple[float, Reset | Conn]] = deque()
+        self._pending: deque[tuple[float, Reset | Conn | Icmp]] = deque()
         self.analysis = Analysis(on_reset=self._reset, on_conn=self._conn, ifname=obs.ifname,
-                                 summarize=summarize)
+                                 summarize=summarize, on_icmp=self._icmp)
 
     def _reset(self, r: Reset) -> None:
         self.resets += 1
         self._pending.append((time.monotonic(), r))
+
+    def _icmp(self, i: Icmp) -> None:
+        self._pending.append((time.monotonic(), i))
 
     def _conn(self, c: Conn) -> None:
         if c.failure is ResetKind.TIMEOUT:
@@ -54,8 +57,11 @@ class Sightings:
             out.append(self.seen(self._pending.popleft()[1]))
         return out
 
-    def seen(self, ev: Reset | Conn) -> Seen:
+    def seen(self, ev: Reset | Conn | Icmp) -> Seen:
         proc, reason = self.obs.name(ev)
+        if isinstance(ev, Icmp):
+            return Seen(ev.ts, ev.kind, (ev.dst, ev.dport), (ev.src, ev.sport), ev.sender,
+                        render_icmp(ev), proc, None, ev)
         if isinstance(ev, Conn):
             return Seen(ev.ts, ResetKind.TIMEOUT, (ev.resp_h, ev.resp_p), (ev.orig_h, ev.orig_p),
                         None, render_failure(ev), proc, None, ev)

@@ -44,10 +44,11 @@ class Tallies:
             direction = "sent" if facts.local.get(s.sender) else "received"
             self.resets[(s.kind.value, direction, self.label(endpoint(*s.server)))] += 1
         for x in findings:
-            if x.service is None or not x.abnormal:
+            if not x.abnormal:
                 continue
-            self.failed[(str(x.cause), self.label(x.service))] += x.count
-            s = self.services.setdefault(x.service, {"service": x.service, "count": 0})
+            service = x.service or "unknown"  # counted by the kernel, seen by nobody
+            self.failed[(str(x.cause), self.label(service))] += x.count
+            s = self.services.setdefault(service, {"service": service, "count": 0})
             s.update(count=s["count"] + x.count, cause=x.cause, last=facts.end,
                      clients=x.clients or s.get("clients", []), fix=x.fix,
                      server=x.server or s.get("server"))

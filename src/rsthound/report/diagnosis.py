@@ -6,7 +6,9 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+from rsthound.analyze.connects import accounting
 from rsthound.analyze.diagnosis import SHOWN_COUNTERS, Facts
+from rsthound.analyze.evidence import n_of
 from rsthound.model import Finding, process_text
 from rsthound.textforms import clock, rate, seconds
 
@@ -18,6 +20,7 @@ def finding_obj(x: Finding) -> dict[str, Any]:
             "rate_per_s": round(x.rate_per_s, 3), "since": x.since, "what": x.what,
             "why": x.why, "clients": x.clients, "server": x.server, "listener": x.listener,
             "last_listener": x.last_listener, "usually": x.usually, "reason": x.reason,
+            "errno": x.errno, "connects": x.connects, "elsewhere": x.elsewhere,
             "evidence": x.evidence, "fix": x.fix}
 
 
@@ -25,6 +28,7 @@ def diagnosis_obj(host: str, facts: Facts, findings: list[Finding]) -> dict[str,
     return {"host": host,
             "window": {"start": facts.start, "end": facts.end,
                        "seconds": round(facts.end - facts.start, 3)},
+            "failed_connects": accounting(facts, findings),
             "findings": [finding_obj(x) for x in findings],
             "counters": facts.counters, "skipped": facts.skipped}
 
@@ -32,7 +36,13 @@ def diagnosis_obj(host: str, facts: Facts, findings: list[Finding]) -> dict[str,
 def render_diagnosis(host: str, facts: Facts, findings: list[Finding]) -> str:
     head = (f"rsthound diagnose: {host}, {seconds(facts.end - facts.start)} "
             f"({clock(facts.start)}-{clock(facts.end)})")
-    lines = [head, ""]
+    lines = [head]
+    got = accounting(facts, findings)
+    if got["total"]:
+        lines += _wrap(f"{n_of(got['total'], 'connect')} failed "
+                       f"({'traced' if got['source'] == 'trace' else 'counted by the kernel'}"
+                       f"), {got['explained']} explained below", "", "  ")
+    lines.append("")
     abnormal = [x for x in findings if x.abnormal]
     if not abnormal:
         shown = ", ".join(f"{m} +{facts.counters[m]}" for m in SHOWN_COUNTERS
@@ -62,6 +72,8 @@ def _finding(i: int, x: Finding) -> list[str]:
     if x.clients:
         names = "; ".join(f"{process_text(c)} x{c['count']}" for c in x.clients[:3])
         out += _wrap(f"who:  {names}", pad, pad + "      ")
+    if x.errno:
+        out += _wrap(f"errno: {x.errno}, as connect() saw it", pad, pad + "      ")
     if x.server:
         out += _wrap(f"server: {process_text(x.server)}", pad, pad + "      ")
     out += _wrap(f"why:  {x.why}", pad, pad + "      ")

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from rsthound.analyze.summary import Summary, failure_series, findings
-from rsthound.model import Conn, Reset
+from rsthound.model import Conn, Icmp, Reset
 
 
 def _ts(x: float) -> float | None:
@@ -104,6 +104,19 @@ def conn_obj(c: Conn) -> dict[str, Any]:
         "syn_retrans": c.syn_retrans,
         "resets": c.resets,
         "iface": c.iface,
+        "icmp": c.icmp,
+    }
+
+
+def icmp_obj(i: Icmp) -> dict[str, Any]:
+    """An ICMP error about a connect, in the shape of `reset_obj`: src:sport > dst:dport is
+    the connection it is about (the client first), `sender` who sent it."""
+    return {
+        "ts": _ts(i.ts), "src": i.src, "sport": i.sport, "dst": i.dst, "dport": i.dport,
+        "kind": i.kind.value, "sent_by": None, "sender": i.sender, "code": i.code,
+        "ttl": i.ttl, "iface": i.iface,
+        "why": f"ICMP {i.code} from {i.sender}" + (
+            " (the target itself)" if i.sender == i.dst else " (on the way)"),
     }
 
 

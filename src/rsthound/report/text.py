@@ -6,7 +6,7 @@ from collections import Counter
 
 from rsthound.analyze.summary import Summary, failure_series, findings
 from rsthound.formats.inet import flag_text
-from rsthound.model import Conn, Reset
+from rsthound.model import Conn, Icmp, Reset
 from rsthound.textforms import clock, endpoint, rate, seconds, stamp
 
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -33,9 +33,11 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
     per_s, _span = s.failure_rate()
     pace = (f", {rate(per_s)} from\xa0{clock(s.fail_first)} to\xa0{clock(s.fail_last)}"
             if per_s else "")
+    icmp = s.failures["icmp-rejected"] + s.failures["icmp-unreachable"]
     lines += _wrap(
         f"failed    {failed:,} connections ({s.failures['refused']:,} refused, "
-        f"{s.failures['timeout']:,} timed out){pace}", head)
+        f"{s.failures['timeout']:,} timed out"
+        + (f", {icmp:,} ended by ICMP" if icmp else "") + f"){pace}", head)
     resets = sum(s.resets.values())
     lines += _wrap(f"resets    {resets:,}" + (f": {_top_counts(s.resets, 6)}" if resets else ""),
                    head)
@@ -155,6 +157,15 @@ def render_failure(c: Conn) -> str:
     return (f"{clock(c.ts, micros=True)} {where}{ip} {_ep(c.orig_h, c.orig_p)} > "
             f"{_ep(c.resp_h, c.resp_p)}: {syns} SYN{'s' if syns > 1 else ''} in "
             f"{c.duration:.1f} s, no answer  {c.failure}")
+
+
+def render_icmp(i: Icmp) -> str:
+    """An ICMP error about a connect, tcpdump style, then its kind."""
+    ip = "IP6" if ":" in i.sender else "IP"
+    where = f"{i.iface} " if i.iface else ""
+    return (f"{clock(i.ts, micros=True)} {where}{ip} {i.sender} > {i.src}: ICMP {i.code} "
+            f"for {_ep(i.src, i.sport)} > {_ep(i.dst, i.dport)}, ttl {i.ttl}  {i.kind.value}"
+            + ("" if i.sender == i.dst else f" by router {i.sender}"))
 
 
 CONN_HEADER = (

@@ -24,8 +24,11 @@ from rsthound.textforms import printable
 LINUX_SLL2 = 276
 # What the classification needs: the packets that open, close and reset connections. TCP
 # flags sit at byte 13 of the TCP header; for IPv6 without extension headers, at 40 + 13.
+# ICMP destination unreachable too: a connect refused by ICMP (the default of REJECT rules)
+# or ended by an unreachable host sends no RST at all.
 CONTROL = ("(tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0) or "
-           "(ip6 and ip6[6] == 6 and ip6[53] & 7 != 0)")
+           "(ip6 and ip6[6] == 6 and ip6[53] & 7 != 0) or "
+           "(icmp[icmptype] == icmp-unreach) or (ip6 and ip6[6] == 58 and ip6[40] == 1)")
 DEFAULT_SNAPLEN = 256  # SLL2 + IPv6 + TCP with options, and then some
 BATCH_SECONDS = 0.1
 BATCH_MAX = 4096

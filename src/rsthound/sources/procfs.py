@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from rsthound.errors import BadInput, NeedPrivilege, NotSupported
-from rsthound.formats.procnet import parse_proc_net
+from rsthound.formats.procnet import parse_proc_net, parse_snmp6
 
-FILES = ("snmp", "netstat")
+FILES = ("snmp", "netstat", "snmp6")  # snmp6: where IPv6 is on
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 T = TypeVar("T")
@@ -124,7 +124,8 @@ class CounterReader:
             except OSError as e:
                 raise BadInput(f"cannot read the {name} counters: {e.strerror}",
                                self.label) from None
-            values.update(parse_proc_net(text, f"{self.label}: net/{name}", problems))
+            parse = parse_snmp6 if name == "snmp6" else parse_proc_net
+            values.update(parse(text, f"{self.label}: net/{name}", problems))
         return CounterSample(mono, wall, values, problems)
 
     def close(self) -> None:
@@ -145,6 +146,22 @@ def netns_path(netns: str, proc_root: str = "/proc") -> str:
     if netns.isdigit():
         return f"{proc_root}/{netns}/ns/net"
     return netns if "/" in netns else f"{NETNS_DIR}/{netns}"
+
+
+def other_namespaces(proc_root: str, here: int) -> dict[int, int]:
+    """Every network namespace some process is in, but `here` (an inode): inode -> one pid
+    in it (the lowest)."""
+    found: dict[int, int] = {}
+    for name in sorted(os.listdir(proc_root), key=lambda n: (len(n), n)):
+        if not name.isdigit():
+            continue
+        try:
+            inode = os.stat(f"{proc_root}/{name}/ns/net").st_ino
+        except OSError:
+            continue
+        if inode != here:
+            found.setdefault(inode, int(name))
+    return found
 
 
 def netns_label(netns: str | None) -> str:

@@ -10,6 +10,12 @@ publishes, see formats/traceraw.py):
   which the captured packets have too.
 - `tcp:tcp_send_reset`: the reset's addresses and, on 6.10+ kernels, its `reason`, named
   by the event's own print format (`NO_SOCKET`, `TCP_ABORT_ON_CLOSE`, ...).
+- Every connect that leaves SYN_SENT for CLOSE is a failed connect (`FailedConnect`): its
+  process, addresses, how long it took, and the error `sock:inet_sk_error_report` gave its
+  socket (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...; none: the program closed it).
+- A connect that fails before SYN_SENT for want of a route: `fib:fib_table_lookup` in the
+  caller's context, failing in the last table (the default one) or on an unreachable,
+  prohibit or blackhole route.
 
 Events are probed before use; the instance goes on close, and instances of rsthound
 processes that are gone are removed at start.
@@ -18,23 +24,26 @@ processes that are gone are removed at start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from rsthound.errors import NeedPrivilege, NotSupported
-from rsthound.formats.traceraw import EventFormat, page_records, parse_format, sockaddr
-from rsthound.model import Process
+from rsthound.formats.traceraw import EventFormat, page_events, parse_format, sockaddr
+from rsthound.model import FailedConnect, Process
 from rsthound.sources.processes import describe
 
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
 KEEP = 4096  # sockets and port pairs remembered
+MAX_FAILED = 100_000  # failed connects kept until taken (a storm loses the oldest)
 READ_EVERY = 0.05  # seconds between reads of the trace
 # Bytes of trace read per CPU and tick (4 pages, about 200 events, 4,000 a second per CPU):
 # under a storm the capture keeps its core for the packets, and what the trace buffer cannot
@@ -70,7 +79,15 @@ class Tracer:
         self._remove_stale()
         events = f"{self.root}/events"
         self._lock = threading.Lock()
-        self._socks: OrderedDict[int, Process] = OrderedDict()  # socket address -> process
+        # socket address -> (process, when it entered SYN_SENT)
+        self._socks: OrderedDict[int, tuple[Process, float]] = OrderedDict()
+        # failed connects not taken yet: [start, end, src, sport, dst, dport, process, errno]
+        self._failed: deque[list] = deque(maxlen=MAX_FAILED)
+        self._fails: OrderedDict[tuple[str, int, str, int], list] = OrderedDict()
+        self._errors: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
+        self._noroute: OrderedDict[tuple[int, str, int], float] = OrderedDict()
+        self.failed_seen = 0  # failed connects traced so far
+        self._clock = 0.0  # wall minus trace clock (s); 0: the trace has no usable clock
         self._ports: OrderedDict[tuple[int, int], Process] = OrderedDict()
         self._reasons: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._procs: dict[int, tuple[float, Process]] = {}
@@ -84,7 +101,9 @@ class Tracer:
         try:
             self._formats = {f.id: f for f in (
                 _format(events, e) for e in ("sock/inet_sock_set_state",
-                                             "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset"))
+                                             "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset",
+                                             "sock/inet_sk_error_report",
+                                             "fib/fib_table_lookup"))
                 if f is not None}
             if not any(f.name == "inet_sock_set_state" for f in self._formats.values()):
                 raise NotSupported("this kernel has no sock:inet_sock_set_state trace event")
@@ -100,6 +119,21 @@ class Tracer:
                     self._enable(inst, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
                 if f.name == "tcp_send_reset":
                     self._enable(inst, "tcp/tcp_send_reset", None)
+                if f.name == "inet_sk_error_report":
+                    self._enable(inst, "sock/inet_sk_error_report", "protocol == 6 && error != 0")
+                if f.name == "fib_table_lookup":
+                    # this host's own lookups (iif lo) for TCP that found no route: a miss
+                    # in main (254; the only table looked in without policy rules) or in
+                    # default (253, looked in last), or an unreachable (-113), prohibit
+                    # (-13) or blackhole (-22) route
+                    self._enable(inst, "fib/fib_table_lookup",
+                                 "proto == 6 && iif == 1 && (((tb_id == 254 || tb_id == 253) "
+                                 "&& err == -11) || err == -113 || err == -13 || err == -22)")
+            # event times in CLOCK_MONOTONIC, which Python reads too: a connect's start and
+            # end, to the microsecond
+            with contextlib.suppress(OSError):
+                _write(f"{inst}/trace_clock", "mono")
+                self._clock = time.time() - time.monotonic()
             # the kernel then keeps each thread's process id (saved_tgids): a thread that
             # connected and ended before its event was read is still named by its process
             with contextlib.suppress(OSError):
@@ -157,17 +191,18 @@ class Tracer:
                     if not page:
                         break
                     budget -= len(page)
-                    for rec in page_records(page):
-                        self._record(rec)
+                    for ts, rec in page_events(page):
+                        self._record(rec, ts / 1e9 + self._clock if self._clock
+                                     else time.time())
                 if budget <= 0:
                     self.behind = True
             self._reads += 1
             if self._stop.wait(READ_EVERY):
                 return
 
-    def _record(self, rec: memoryview) -> None:
-        """One binary event record: common_type (u16) at 0, common_pid (s32) at 4, then the
-        event's fields where its format says."""
+    def _record(self, rec: memoryview, when: float) -> None:
+        """One binary event record, `when` it happened (wall time): common_type (u16) at 0,
+        common_pid (s32) at 4, then the event's fields where its format says."""
         if len(rec) < 8:
             return
         fmt = self._formats.get(int.from_bytes(rec[0:2], sys.byteorder))
@@ -181,20 +216,78 @@ class Tracer:
                 with self._lock:
                     _remember(self._reasons, (*_ep(*src), *_ep(*dst)), reason)
             return
+        if fmt.name == "inet_sk_error_report":
+            self._error(fmt, rec)
+            return
+        if fmt.name == "fib_table_lookup":
+            self._no_route(fmt, rec, when)
+            return
         sk = fmt.get(rec, "skaddr")
         if fmt.name == "inet_sock_set_state" and fmt.get(rec, "newstate") == TCP_SYN_SENT:
             pid = int.from_bytes(rec[4:8], sys.byteorder, signed=True)
             proc = self._process(pid, "<...>")  # inside connect(): the caller
             with self._lock:
-                _remember(self._socks, sk, proc)
+                _remember(self._socks, sk, (proc, when))
             return
         sport = fmt.get(rec, "sport")
         with self._lock:
-            proc = self._socks.get(sk)
-            if proc is not None and sport:
+            got = self._socks.get(sk)
+            if got is not None and sport:
+                proc, start = got
                 _remember(self._ports, (sport, fmt.get(rec, "dport")), proc)
                 if fmt.name == "inet_sock_set_state":  # left SYN_SENT: done with it
                     self._socks.pop(sk, None)
+                    if fmt.get(rec, "newstate") == TCP_CLOSE:
+                        self._failed_connect(fmt, rec, proc, start, when)
+
+    def _failed_connect(self, fmt: EventFormat, rec: memoryview, proc: Process, start: float,
+                        end: float) -> None:
+        """A socket went from SYN_SENT to CLOSE: a connect failed. Its error comes just
+        before or just after (the kernel reports an ICMP error first, a reset after)."""
+        key = _tuple(fmt, rec)
+        entry = [start, end, *key, proc, self._errors.pop(key, None)]
+        self._failed.append(entry)
+        self.failed_seen += 1
+        if entry[7] is None:
+            _remember(self._fails, key, entry)
+
+    def _error(self, fmt: EventFormat, rec: memoryview) -> None:
+        err = -fmt.get(rec, "error") if fmt.get(rec, "error") < 0 else fmt.get(rec, "error")
+        name = errno.errorcode.get(err, str(err))
+        key = _tuple(fmt, rec)
+        with self._lock:
+            entry = self._fails.pop(key, None)
+            if entry is not None:
+                entry[7] = name
+            else:
+                _remember(self._errors, key, name)
+
+    def _no_route(self, fmt: EventFormat, rec: memoryview, when: float) -> None:
+        """connect() found no route (or an unreachable one): it fails before SYN_SENT. The
+        lookup runs more than once for one connect (main, then default, with policy rules):
+        one failure per process, address and port within 10 ms."""
+        pid = int.from_bytes(rec[4:8], sys.byteorder, signed=True)
+        dst = socket.inet_ntop(socket.AF_INET, fmt.raw(rec, "dst"))
+        dport = fmt.get(rec, "dport")
+        err = -fmt.get(rec, "err")
+        with self._lock:
+            last = self._noroute.get((pid, dst, dport))
+            _remember(self._noroute, (pid, dst, dport), when)
+        if last is not None and when - last < 0.01:
+            return
+        name = "ENETUNREACH" if err == errno.EAGAIN else errno.errorcode.get(err, str(err))
+        proc = self._process(pid, "<...>")
+        with self._lock:
+            self._failed.append([when, when, "0.0.0.0", 0, dst, dport, proc, name])
+            self.failed_seen += 1
+
+    def failed(self, until: float = float("inf")) -> list[FailedConnect]:
+        """The failed connects that ended before `until` (wall time), not taken yet."""
+        out = []
+        with self._lock:
+            while self._failed and self._failed[0][1] <= until:
+                out.append(FailedConnect(*self._failed.popleft()))
+        return out
 
     def _process(self, pid: int, comm: str) -> Process:
         now = time.monotonic()
@@ -252,6 +345,17 @@ def _ep(addr: str, port: int) -> tuple[str, int]:
     if addr.startswith("::ffff:") and "." in addr:
         addr = addr[7:]
     return addr, port
+
+
+def _tuple(fmt: EventFormat, rec: memoryview) -> tuple[str, int, str, int]:
+    """(src, sport, dst, dport) of a socket event, as the packets show them."""
+    if fmt.get(rec, "family") == socket.AF_INET6:
+        fam, s, d = socket.AF_INET6, fmt.raw(rec, "saddr_v6"), fmt.raw(rec, "daddr_v6")
+    else:
+        fam, s, d = socket.AF_INET, fmt.raw(rec, "saddr"), fmt.raw(rec, "daddr")
+    src = _ep(socket.inet_ntop(fam, s), fmt.get(rec, "sport"))
+    dst = _ep(socket.inet_ntop(fam, d), fmt.get(rec, "dport"))
+    return (*src, *dst)
 
 
 def _format(events: str, event: str) -> EventFormat | None:
