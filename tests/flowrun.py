@@ -7,6 +7,7 @@ from pathlib import Path
 from rsthound.analyze.flows import FlowTable
 from rsthound.analyze.session import Analysis, interface_label
 from rsthound.formats import linktypes as lt
+from rsthound.formats.icmp import parse_icmp_error
 from rsthound.formats.inet import NotTcp, parse_ip_tcp
 from rsthound.model import Conn, Reset
 from rsthound.sources.capfile import read_capture
@@ -35,17 +36,20 @@ def run_packets(path: Path) -> tuple[list[Conn], list[Reset]]:
             where = lt.parse_link(ifc.linktype, pkt)
             if where is None:
                 continue
+            # the file's interface index only counts where it has several, as in the batch path
+            iface = int(batch.iface[i]) if len(batch.interfaces) > 1 else -1
+            name = interface_label([x.name for x in batch.interfaces], iface, where[2])
             try:
                 s = parse_ip_tcp(pkt, where[0], where[1])
             except NotTcp:
+                err = parse_icmp_error(pkt, where[0])
+                if err is not None:
+                    table.icmp(float(batch.ts[i]), err, name)
                 continue
             a_is_src = (s.src_raw, s.sport) <= (s.dst_raw, s.dport)
             a = (s.src_raw + s.sport.to_bytes(2, "big"))
             b = (s.dst_raw + s.dport.to_bytes(2, "big"))
             key = a + b if a_is_src else b + a
-            # the file's interface index only counts where it has several, as in the batch path
-            iface = int(batch.iface[i]) if len(batch.interfaces) > 1 else -1
-            name = interface_label([x.name for x in batch.interfaces], iface, where[2])
             table.packet(key, a_is_src, float(batch.ts[i]), s.flags, s.seq, s.ack, s.payload,
                          s.ip_len, s.ttl, s.ipid, name)
     table.close()

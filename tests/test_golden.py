@@ -23,6 +23,7 @@ OUTCOME = {
     "unread-close-reset": ("RSTR", "abort", [("abort", "resp")]),
     "normal": ("SF", None, []),
     "timeout": ("S0", "timeout", []),
+    "icmp-rejected": ("S0", "icmp-rejected", []),
 }
 
 
@@ -129,8 +130,9 @@ def test_conn_json_uses_zeek_names(cli):
 
 def _tshark_flags(path) -> list[int]:
     """tcp.flags of every TCP segment tshark finds in the file."""
-    out = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", "tcp", "-T", "fields",
-                          "-e", "tcp.flags"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", "tcp && !icmp && !icmpv6",
+                          "-T", "fields", "-e", "tcp.flags"],  # (not segments ICMP quotes)
+                         capture_output=True, text=True, check=True).stdout
     return [int(x, 16) for x in out.split()]
 
 
@@ -162,12 +164,12 @@ def test_cross_check_syn_and_rst_with_tcpdump(cli, expected, name):
     if shutil.which("tcpdump") is None:
         pytest.skip("tcpdump not installed (make test installs it as root)")
     vlan = {"vlan.pcap": "vlan and ", "qinq.pcap": "vlan and vlan and "}.get(name, "")
-    if name == "ipv6.pcap":  # tcpdump's tcp[] does not reach into IPv6
-        rst = "ip6 and ip6[6] == 6 and ip6[40+13] & 4 != 0"
-        syn = "ip6 and ip6[6] == 6 and ip6[40+13] & 0x12 == 2"
-    else:
-        rst = vlan + "tcp[tcpflags] & tcp-rst != 0"
-        syn = vlan + "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn"
+    # tcpdump's tcp[] does not reach into IPv6: its TCP header, where there are no
+    # extension headers, is at 40
+    rst = vlan + ("(tcp[tcpflags] & tcp-rst != 0 or "
+                  "(ip6 and ip6[6] == 6 and ip6[40+13] & 4 != 0))")
+    syn = vlan + ("(tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn or "
+                  "(ip6 and ip6[6] == 6 and ip6[40+13] & 0x12 == 2))")
     path = DATA / name
     got = cli("analyze", "--json", path).json()["tcp_flags"]
     assert got["rst"] == _tcpdump_count(path, rst)
@@ -180,3 +182,18 @@ def test_summary_fits_80_columns(cli, name):
     out = cli("analyze", DATA / name).out
     assert all(len(line) <= 80 for line in out.splitlines()), out
     assert "\xa0" not in out
+
+
+def test_icmp_rejects_are_failed_connections(cli):
+    """A plain REJECT answers with ICMP (and ICMPv6) port unreachable, no RST: each connect
+    is a failure with its ICMP as the reason, Zeek's conn_state kept (S0)."""
+    f = DATA / "icmp_reject.pcap"
+    got = cli("analyze", "--json", f).json()
+    assert (got["icmp_packets"], got["skipped"]) == (7, {})
+    conns = cli("analyze", "--conns", "--json", f).lines()
+    assert [(c["conn_state"], c["failure"]) for c in conns] == [("S0", "icmp-rejected")] * 5
+    assert {c["icmp"] for c in conns} == {"port unreachable from 10.200.0.2",
+                                          "port unreachable from fd00:200::2"}
+    text = cli("analyze", f).out
+    assert "5 ended by ICMP" in text and "7 ICMP" in text
+    assert "10.200.0.2:9005: 3 connection attempts rejected by an ICMP error" in text

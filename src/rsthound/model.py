@@ -321,7 +321,14 @@ class FailedConnect(NamedTuple):
         """How it ended, in words: "ECONNREFUSED after 0.001 s"."""
         if self.errno is None:
             return f"closed by the program after {self.seconds:.3g} s, unanswered"
+        if self.seconds < 0.0005:
+            return f"{self.errno} at once"
         return f"{self.errno} after {self.seconds:.3g} s"
+
+    def text(self) -> str:
+        """tcpdump's way, for a connect the wire may never have seen."""
+        src = f"{endpoint(self.src, self.sport)} " if self.sport else ""
+        return f"connect() {src}> {self.service}: {self.ending()}"
 
 
 class Cause(enum.StrEnum):

@@ -67,20 +67,24 @@ def conversations(path: Path) -> int:
 def port_outcomes(path: Path) -> dict[str, str]:
     """Per server port: what happened to its connections, in expected.json's words."""
     fields = ["tcp.stream", "tcp.srcport", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack"]
-    fields += ["tcp.flags.fin", "tcp.flags.reset", "tcp.len"]
+    fields += ["tcp.flags.fin", "tcp.flags.reset", "tcp.len", "icmp.type", "icmpv6.type"]
     cmd = ["tshark", "-n", "-r", str(path), "-Y", "tcp", "-T", "fields", "-E", "separator=|"]
     for field in fields:
         cmd += ["-e", field]
     out = run(*cmd)
     streams: dict[str, list[tuple[int, int, bool, bool, bool, bool, int]]] = {}
+    rejected: set[str] = set()  # streams an ICMP destination unreachable (quoting them) ended
     for line in out.splitlines():
         f = line.split("|")
-        if len(f) != 8 or not f[0].isdigit():
+        if len(f) != 10 or not f[0].isdigit():
+            continue
+        if f[8] == "3" or f[9] == "1":
+            rejected.add(f[0])
             continue
         flags = [v in ("1", "True") for v in f[3:7]]
         streams.setdefault(f[0], []).append((int(f[1]), int(f[2]), *flags, int(f[7] or 0)))
     result: dict[str, str] = {}
-    for pkts in streams.values():
+    for stream, pkts in streams.items():
         syns = [p for p in pkts if p[2] and not p[3]]
         if not syns:
             continue
@@ -88,7 +92,9 @@ def port_outcomes(path: Path) -> dict[str, str]:
         from_srv = [p for p in pkts if p[0] == server]
         from_cli = [p for p in pkts if p[1] == server]
         synack = any(p[2] and p[3] for p in from_srv)
-        if not synack:
+        if not synack and stream in rejected:
+            label = "icmp-rejected"
+        elif not synack:
             label = "refused" if any(p[5] for p in from_srv) else "timeout"
         elif any(p[5] for p in from_cli):
             label = "abort-by-client"
@@ -114,8 +120,9 @@ def facts(path: Path) -> dict:
         "linktype": linktype(path),
         "ts_precision": ts_precision(path),
         "packets": int(re.search(r"packets:\s+(\d+)", run("capinfos", "-c", "-M", str(path)))[1]),
-        "syn": tshark_count(path, "tcp.flags.syn==1 && tcp.flags.ack==0"),
-        "rst": tshark_count(path, "tcp.flags.reset==1"),
+        # (not the segments an ICMP error quotes)
+        "syn": tshark_count(path, "tcp.flags.syn==1 && tcp.flags.ack==0 && !icmp && !icmpv6"),
+        "rst": tshark_count(path, "tcp.flags.reset==1 && !icmp && !icmpv6"),
         "connections": conversations(path),
         "ports": port_outcomes(path),
     }

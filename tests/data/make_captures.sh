@@ -142,6 +142,7 @@ table inet rsthound_golden {
         type filter hook input priority filter; policy accept;
         tcp dport 9000 reject with tcp reset
         tcp dport 9001 drop
+        tcp dport 9005 reject
     }
 }
 EOF
@@ -273,6 +274,14 @@ s_nft_reject() {
     cap_stop
 }
 
+s_icmp_reject() {
+    # a plain `reject`: ICMP port unreachable (IPv4) and ICMPv6 port unreachable, no RST
+    cap_start "$CLI" icmp_reject.pcap -i rh-c0
+    refused 10.200.0.2 9005 --count 3 --interval 0.5
+    refused fd00:200::2 9005 --count 2 --interval 0.5
+    cap_stop
+}
+
 s_nft_drop() {
     local linear=net.ipv4.tcp_syn_linear_timeouts
     if cli sysctl -n "$linear" >/dev/null 2>&1; then
@@ -386,7 +395,7 @@ s_fragments() {
     cap_stop
 }
 
-ALL="refused linger_abort_client linger_abort_server unread_close normal nft_reject nft_drop
+ALL="refused linger_abort_client linger_abort_server unread_close normal nft_reject icmp_reject nft_drop
 ipv6 any nanosec vlan raw_ip multi ipv4_options fragments"
 for name in ${SCENARIOS:-$ALL}; do
     [[ $(type -t "s_$name") == function ]] || die "unknown scenario '$name' (known: $ALL)"

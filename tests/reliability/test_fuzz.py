@@ -289,4 +289,5 @@ def test_link_layers_and_ip_tcp_decoders(cli, tmp_path_factory, sample):
     assert r.code == 0 and "Traceback" not in r.err, (r.code, r.err)
     got = r.json()
     assert got["packets"] == len(packets)  # every frame counted, decoded or skipped
-    assert got["tcp_packets"] + sum(got["skipped"].values()) == len(packets), got
+    assert (got["tcp_packets"] + got["icmp_packets"] + sum(got["skipped"].values())
+            == len(packets)), got

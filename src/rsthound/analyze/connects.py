@@ -15,7 +15,7 @@ from typing import Any
 
 from rsthound.analyze.facts import Facts, Seen
 from rsthound.model import Cause, FailedConnect, Finding, Icmp, ResetKind
-from rsthound.textforms import clock, endpoint
+from rsthound.textforms import clock
 
 # the causes of a connect that failed (the others are about open connections)
 CONNECT_CAUSES = {Cause.NO_LISTENER, Cause.WRONG_ADDRESS, Cause.FIREWALL_REJECT,
@@ -108,8 +108,7 @@ def _via(s: Seen, f: Facts) -> str | None:
 def unseen(fc: FailedConnect, f: Facts) -> Seen:
     """A failed connect no packet explains, as a sighting of its own: its socket's error
     says which kind of failure it was."""
-    line = (f"{clock(fc.end, micros=True)} connect() {endpoint(fc.src, fc.sport)} > "
-            f"{fc.service}: {fc.ending()}, no packet of it captured")
+    line = f"{clock(fc.end, micros=True)} {fc.text()}, no packet of it captured"
     if fc.errno == "ECONNREFUSED":
         kind = ResetKind.REFUSED
     elif fc.errno in (None, "ETIMEDOUT"):

@@ -379,7 +379,9 @@ class FlowTable:
     # -- ending connections ----------------------------------------------------------------
     def icmp(self, ts: float, err: IcmpError, iface: str | None) -> None:
         """An ICMP error about a segment: told, and when it answers a connection's SYN that
-        nothing else answered, that connection ends with it (so did the connect())."""
+        nothing else answered, that is how the connection failed. It is not ended here: a
+        first error can come while connect() holds the socket, and the kernel then keeps it
+        as a soft error and sends the SYN again."""
         kind = ResetKind.REJECTED if err.rejected else ResetKind.UNREACHABLE
         self.on_icmp(Icmp(ts, err.sender, err.src, err.sport, err.dst, err.dport, kind,
                           err.code, err.ttl, iface, err.errno))
@@ -389,12 +391,9 @@ class FlowTable:
         flow = self.flows.get(key)
         if flow is None or flow.resp.pkts or flow.a_is_orig != (ka <= kb):
             return
-        if ts > self.now:
-            self.now = ts
-        flow.first_kind = kind
-        flow.icmp = f"{err.code} from {err.sender}"
-        flow.last = max(flow.last, ts)
-        self._finish(flow)
+        if flow.first_kind is None:
+            flow.first_kind = kind
+            flow.icmp = f"{err.code} from {err.sender}"
 
     def sweep(self, now: float) -> None:
         """Finish connections idle past their timeout (closed ones sooner)."""

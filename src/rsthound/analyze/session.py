@@ -189,6 +189,7 @@ class Analysis:
         s.files = files
         s.packets = self.stats.packets
         s.tcp_packets = self.stats.tcp
+        s.icmp_packets = self.stats.icmp
         s.skipped = +self.stats.skipped  # unary plus drops the zero counts
         s.links = self.stats.links
         s.flags = self.stats.flags

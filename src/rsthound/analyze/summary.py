@@ -30,6 +30,7 @@ class Service:
     clients: set[str] = field(default_factory=set)
     clients_capped: bool = False
     syn_retrans: int = 0
+    icmp_from: str | None = None  # who sent the ICMP errors that ended connects
     first: float = math.inf  # first and last failure
     last: float = -math.inf
 
@@ -64,6 +65,7 @@ class Summary:
     files: list[str] = field(default_factory=list)
     packets: int = 0
     tcp_packets: int = 0
+    icmp_packets: int = 0  # ICMP errors about TCP
     skipped: Counter[str] = field(default_factory=Counter)
     links: Counter[str] = field(default_factory=Counter)
     flags: Counter[str] = field(default_factory=Counter)
@@ -133,6 +135,8 @@ class Summarizer:
             s.failures[c.failure.value] += 1
         if c.failure in FAILURES:
             svc.failed[c.failure.value] += 1
+            if c.icmp and svc.icmp_from is None:
+                svc.icmp_from = c.icmp.rsplit(" from ", 1)[-1]
             svc.syn_retrans += c.syn_retrans
             # a connect fails when its last SYN goes unanswered, or when it is refused
             t = c.end if c.failure is ResetKind.REFUSED or c.failure in ICMP else c.ts
@@ -188,6 +192,13 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
             )
             out.append(f"{svc.name} refused {_n(refused, 'connection')}{pace} from {clients}; "
                        f"{tail}.")
+        for kind, what in (("icmp-rejected", "rejected by an ICMP error (a firewall's REJECT: "
+                            "port unreachable or prohibited)"),
+                           ("icmp-unreachable", "ended by an ICMP host or net unreachable")):
+            if svc.failed[kind]:
+                by = f" from {svc.icmp_from}" if svc.icmp_from else ""
+                out.append(f"{svc.name}: {_n(svc.failed[kind], 'connection attempt')} "
+                           f"{what}{by}, from {clients}.")
         timeouts = svc.failed["timeout"]
         if timeouts:
             out.append(

@@ -73,8 +73,8 @@ def unreachable(finding: Finding, seen: list[Seen], f: Facts) -> None:
                        f"ping {hop}), or fix the client's target")
     if path is not None:
         finding.evidence.append(path.describe(addr))
-    counter_evidence(finding, f, ("Tcp.AttemptFails", "Ip.OutNoRoutes",
-                                  "Icmp.InDestUnreachs"))
+    counter_evidence(finding, f, ("Tcp.AttemptFails", "Ip.OutNoRoutes")
+                     + (("Icmp.InDestUnreachs", "Icmp6.InDestUnreachs") if icmp else ()))
 
 
 def output_reject(finding: Finding, f: Facts) -> None:

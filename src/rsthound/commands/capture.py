@@ -14,10 +14,11 @@ from typing import Any, TextIO
 from rsthound.analyze.diagnosis import Seen
 from rsthound.analyze.rates import increase
 from rsthound.commands import Exit, options
-from rsthound.model import Icmp, Reset
+from rsthound.model import FailedConnect, Icmp, Reset, ResetKind
 from rsthound.observe.observation import Observation
-from rsthound.observe.sightings import Sightings
+from rsthound.observe.sightings import Pairing, Sightings, key
 from rsthound.report import jsonout, text
+from rsthound.textforms import clock
 
 # events wait a moment before they are told: the trace of the same connect may still be on
 # its way (it names the process)
@@ -85,7 +86,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.count and reported >= args.count:
             return
         ev = s.event
-        if args.json and isinstance(ev, Reset):
+        if args.json and ev is None and s.connect is not None:
+            out.write(jsonout.line(jsonout.connect_obj(s.connect)))
+        elif args.json and isinstance(ev, Reset):
             out.write(jsonout.reset_line(ev, s.reason, s.process))
         elif args.json:
             obj = jsonout.icmp_obj(ev) if isinstance(ev, Icmp) else jsonout.failure_obj(ev)
@@ -110,8 +113,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         rsts_before = obs.counter_values().get("Tcp.OutRsts")
         delay = TRACE_DELAY if obs.tracer is not None else 0.0
         sights = Sightings(obs, summarize=args.summary)
+        pairing = Pairing()
         where = "every interface" if args.interface == "any" else args.interface
-        err.write(f"rsthound: capturing on {where}, SYN/FIN/RST only"
+        err.write(f"rsthound: capturing on {where}, SYN/FIN/RST and ICMP unreachables only"
                   + (f", and {expression}" if expression else "")
                   + (f", for {args.duration:g} s" if args.duration else "")
                   + (f", writing {args.write}" if args.write else "") + "; Ctrl-C stops\n")
@@ -123,8 +127,13 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         def should_stop() -> bool:
             return stop.is_set() or (end is not None and time.monotonic() >= end)
 
-        def flush(until: float) -> None:
+        def flush(until: float, final: bool = False) -> None:
             told = sights.take(until)
+            # connects the trace saw fail that no line told: no route, no neighbour, a
+            # program that gave up on its SYNs before they counted as a timeout
+            shown = {k for s in told for k in ((s.client, s.server), (s.server, s.client))}
+            told += [alone(x) for x in pairing.pair(told, obs.failed_connects(), time.time(),
+                                                    final) if key(x) not in shown]
             if not live_view:
                 for s in told:
                     tell(s)
@@ -151,7 +160,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         stats = obs.live.stats() if obs.live is not None else None
         if delay:
             time.sleep(delay)
-        flush(float("inf"))
+        flush(float("inf"), final=True)
         behind = obs.behind
         rsts_after = obs.counter_values().get("Tcp.OutRsts")
     summary = sights.analysis.finish(files)
@@ -171,6 +180,13 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"rsthound: {sights.resets} resets seen; this host's TCP sent {sent} "
                   f"meanwhile (Tcp.OutRsts){lost}\n")
     return Exit.OK
+
+
+def alone(x: FailedConnect) -> Seen:
+    """A failed connect the capture saw nothing of, as a line of its own."""
+    line = f"{clock(x.end, micros=True)} {x.text()}, no packet"
+    return Seen(x.end, ResetKind.STRAY, (x.dst, x.dport), (x.src, x.sport), None, line,
+                x.process, None, None, x)
 
 
 class LiveSummary:

@@ -31,6 +31,7 @@ class DecodeStats:
 
     packets: int = 0
     tcp: int = 0
+    icmp: int = 0  # ICMP errors about TCP, read for the connections they end
     skipped: Counter[str] = field(default_factory=Counter)
     links: Counter[str] = field(default_factory=Counter)
     flags: Counter[str] = field(default_factory=Counter)  # syn, syn-ack, fin, rst packets
@@ -38,6 +39,7 @@ class DecodeStats:
     def merge(self, other: DecodeStats) -> None:
         self.packets += other.packets
         self.tcp += other.tcp
+        self.icmp += other.icmp
         self.skipped.update(other.skipped)
         self.links.update(other.links)
         self.flags.update(other.flags)
@@ -176,6 +178,8 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     stats.skipped["fragment"] += int((v4 & (proto4 == PROTO_TCP) & (frag != 0)).sum())
     other4 = v4 & (proto4 != PROTO_TCP)
     other6 = v6 & ~ext6 & (nxt6 != PROTO_TCP)
+    v6 &= nxt6 == PROTO_TCP
+    found = 0
     if icmp is not None:
         for r in np.flatnonzero((other4 & (proto4 == PROTO_ICMP) & (frag == 0))
                                 | (other6 & (nxt6 == PROTO_ICMP6))).tolist():
@@ -183,8 +187,9 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
             got = parse_icmp_error(buf[start:start + int(cap[r])].tobytes(), int(l3[r]))
             if got is not None:
                 icmp.append((r, got))
-    v6 &= nxt6 == PROTO_TCP
-    stats.skipped["not TCP"] += int((other4 | other6).sum())
+                found += 1
+    stats.icmp += found
+    stats.skipped["not TCP"] += int((other4 | other6).sum()) - found
     v4 &= (proto4 == PROTO_TCP) & (frag == 0)
     l4 = np.where(v4, p + ihl, p + 40)
     tcp = (v4 | v6) & (cap >= (l4 - d) + 16)

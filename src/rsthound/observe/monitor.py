@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from rsthound.analyze.facts import Facts, Seen
+from rsthound.analyze.facts import Facts
 from rsthound.analyze.rates import increases
 from rsthound.errors import RstHoundError
-from rsthound.model import FailedConnect
 from rsthound.observe.context import Context
 from rsthound.observe.observation import Observation, Skip
-from rsthound.observe.sightings import Sightings
+from rsthound.observe.sightings import Pairing, Sightings
 from rsthound.observe.tallies import Tallies
 from rsthound.sources.sockdiag import OwnerCache
 
 TICK = 1.0
-HOLD = 2.0  # seconds a traced failed connect waits for its packets
-KEEP = 4096  # sightings' connections remembered, so that no connect counts twice
 FIREWALL_EVERY = 30.0  # seconds between reads of the nftables rules
 
 
@@ -37,8 +34,6 @@ class Monitor:
         self.running = False
         self.traced = False  # its trace runs: `failed_connects` counts every failed connect
         self.failed_connects = 0  # so far, traced
-        self._held: list[FailedConnect] = []
-        self._judged: OrderedDict[tuple, float] = OrderedDict()
         self.started = threading.Event()  # set once running, or failed
         self.instances: list[str] = []  # its tracefs instance, once open
         self.context: Context | None = None
@@ -90,6 +85,7 @@ class Monitor:
                                      firewall_every=FIREWALL_EVERY)
         ctx.firewall()  # now: rsthound may run as a user later
         sights = Sightings(obs)
+        pairing = Pairing()
         owners = OwnerCache(self.proc_root)
         self.running = True
         self.started.set()
@@ -106,32 +102,13 @@ class Monitor:
             facts = Facts(start, now, seen, captured=True,
                           listeners_before=listening, listeners=now_listening,
                           counters=increases(before, after), traced=obs.traced,
-                          failed=self._pair(seen, obs.failed_connects(), now))
+                          failed=pairing.pair(seen, obs.failed_connects(), now))
             self.failed_connects += len(facts.failed)
             ctx.network(facts)
             with self._lock:
                 self.recent.append(facts)
                 self.tallies.add(facts)
             start, before, listening = now, after, now_listening
-
-    def _pair(self, seen: list[Seen], failed: list[FailedConnect], now: float
-              ) -> list[FailedConnect]:
-        """The failed connects to judge with this tick's sightings. The trace and the capture
-        do not tell a connect at the same moment: one whose packets are in this tick goes
-        with them; one whose packets were judged in an earlier tick is not counted twice;
-        one with no packet yet waits up to HOLD seconds for them."""
-        keys = {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
-        for k in keys:
-            _remember(self._judged, k, now)
-        out, held = [], []
-        for x in self._held + failed:
-            k = ((x.src, x.sport), (x.dst, x.dport))
-            if k in keys or now - x.end >= HOLD:
-                out.append(x)
-            elif k not in self._judged:
-                held.append(x)
-        self._held = held
-        return out
 
     def window(self, seconds: float, should_stop: Callable[[], bool]) -> Facts:
         """What the next `seconds` bring, as one investigation's Facts: the always-on
@@ -155,9 +132,3 @@ class Monitor:
                 merged.counters[k] = merged.counters.get(k, 0) + v
         return merged
 
-
-def _remember(d: OrderedDict, key: object, value: object) -> None:
-    d[key] = value
-    d.move_to_end(key)
-    while len(d) > KEEP:
-        d.popitem(last=False)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from rsthound.analyze.diagnosis import Seen
 from rsthound.analyze.session import Analysis
 from rsthound.formats.records import RecordBatch
-from rsthound.model import Conn, Icmp, Reset, ResetKind
+from rsthound.model import Conn, FailedConnect, Icmp, Reset, ResetKind
 from rsthound.observe.observation import Observation, client_server
 from rsthound.report.text import render_failure, render_icmp, render_reset
 
@@ -67,3 +67,43 @@ class Sightings:
                         None, render_failure(ev), proc, None, ev)
         client, server = client_server(ev)
         return Seen(ev.ts, ev.kind, server, client, ev.src, render_reset(ev), proc, reason, ev)
+
+
+HOLD = 2.0  # seconds a traced failed connect waits for its packets
+KEEP = 4096  # sightings' connections remembered, so that no connect counts twice
+
+
+class Pairing:
+    """Which traced failed connects go with which sightings, for those who take both as
+    they come (watch's ticks, capture's lines): the trace and the capture do not tell a
+    connect at the same moment. A connect whose packets come in the same take goes with
+    them; one whose packets were taken before is not counted twice; one with no packet yet
+    waits up to HOLD seconds for them, then goes alone."""
+
+    def __init__(self) -> None:
+        self._held: list[FailedConnect] = []
+        self._taken: OrderedDict[tuple, float] = OrderedDict()
+
+    def pair(self, seen: list[Seen], failed: list[FailedConnect], now: float,
+             final: bool = False) -> list[FailedConnect]:
+        """The failed connects to judge with `seen` now (`final`: hold none back)."""
+        keys = {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
+        for k in keys:
+            self._taken[k] = now
+            self._taken.move_to_end(k)
+        while len(self._taken) > KEEP:
+            self._taken.popitem(last=False)
+        out, held = [], []
+        for x in self._held + failed:
+            k = key(x)
+            if k in keys or final or now - x.end >= HOLD:
+                out.append(x)
+            elif k not in self._taken:
+                held.append(x)
+        self._held = held
+        return out
+
+
+def key(x: FailedConnect) -> tuple[tuple[str, int], tuple[str, int]]:
+    """(client, server): as a sighting of the same connect has it."""
+    return (x.src, x.sport), (x.dst, x.dport)

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from rsthound.analyze.summary import Summary, failure_series, findings
-from rsthound.model import Conn, Icmp, Reset
+from rsthound.model import Conn, FailedConnect, Icmp, Reset
 
 
 def _ts(x: float) -> float | None:
@@ -46,6 +46,7 @@ def summary_obj(s: Summary) -> dict[str, Any]:
         "files": s.files,
         "packets": s.packets,
         "tcp_packets": s.tcp_packets,
+        "icmp_packets": s.icmp_packets,
         "link_types": dict(s.links),
         "tcp_flags": {k: s.flags[k] for k in ("syn", "syn-ack", "fin", "rst")},
         "skipped": dict(s.skipped),
@@ -105,6 +106,17 @@ def conn_obj(c: Conn) -> dict[str, Any]:
         "resets": c.resets,
         "iface": c.iface,
         "icmp": c.icmp,
+    }
+
+
+def connect_obj(x: FailedConnect) -> dict[str, Any]:
+    """A failed connect the kernel trace saw and the wire did not, in the shape of
+    `reset_obj`."""
+    return {
+        "ts": _ts(x.end), "src": x.src if x.sport else None, "sport": x.sport or None,
+        "dst": x.dst, "dport": x.dport, "kind": "connect-failed", "sent_by": None,
+        "errno": x.errno, "seconds": round(x.seconds, 6), "why": x.ending(),
+        "process": x.process.obj() if x.process else None,
     }
 
 

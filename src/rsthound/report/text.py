@@ -24,7 +24,8 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
     head = " " * 10
     lines += _wrap(
         f"capture   {stamp(s.first_ts)} .. {clock(s.last_ts)} ({seconds(s.duration)}), "
-        f"{s.packets:,}\xa0packets, {s.tcp_packets:,}\xa0TCP", head)
+        f"{s.packets:,}\xa0packets, {s.tcp_packets:,}\xa0TCP"
+        + (f", {s.icmp_packets:,}\xa0ICMP errors" if s.icmp_packets else ""), head)
     fl = s.flags
     lines += _wrap(f"segments  {fl['syn']:,} SYN, {fl['syn-ack']:,} SYN-ACK, {fl['fin']:,} FIN, "
                    f"{fl['rst']:,} RST", head)

@@ -297,12 +297,24 @@ class Tracer:
         lookup = pid
         if not os.path.exists(f"{self.proc_root}/{pid}"):  # a thread that is gone
             lookup = self._tgid(pid) or pid
+            if comm.startswith("<"):  # and a process too, maybe: the kernel's own record
+                comm = self._comm(pid) or comm
         # (a live thread's id leads /proc to its process)
         proc = describe(lookup, comm, self.proc_root)
         if len(self._procs) > KEEP:
             self._procs.clear()
         self._procs[pid] = (now, proc)
         return proc
+
+    def _comm(self, pid: int) -> str | None:
+        """The name the kernel's trace remembers for a pid (saved_cmdlines): a process that
+        connected and exited before its event was read is still named."""
+        with contextlib.suppress(OSError), open(f"{self.root}/saved_cmdlines") as f:
+            for line in f:
+                got, _, name = line.rstrip("\n").partition(" ")
+                if got == str(pid):
+                    return name
+        return None
 
     def _tgid(self, tid: int) -> int | None:
         """The process a thread belonged to, from the kernel's saved_tgids, read again for
