@@ -184,3 +184,11 @@ def test_docs_list_every_cause_and_no_other():
     rows = [ln for ln in doc.splitlines() if ln.startswith("| `")]
     documented = {w for ln in rows for w in re.findall(r"`([a-z-]+)`", ln.split("|")[1])}
     assert documented == {c.value for c in Cause}
+
+
+def test_help_names_every_cause(cli, capsys):
+    from rsthound.model import Cause
+
+    cli("diagnose", "--help")
+    out = " ".join(capsys.readouterr().out.split())
+    assert [c.value for c in Cause if c.value not in out] == []

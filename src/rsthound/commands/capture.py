@@ -133,7 +133,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             # program that gave up on its SYNs before they counted as a timeout
             shown = {k for s in told for k in ((s.client, s.server), (s.server, s.client))}
             told += [alone(x) for x in pairing.pair(told, obs.failed_connects(), time.time(),
-                                                    final) if key(x) not in shown]
+                                                    final)
+                     if key(x) not in shown and obs.live is not None
+                     and obs.live.selects(x.src, x.sport, x.dst, x.dport)]
             if not live_view:
                 for s in told:
                     tell(s)
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def alone(x: FailedConnect) -> Seen:
     """A failed connect the capture saw nothing of, as a line of its own."""
-    line = f"{clock(x.end, micros=True)} {x.text()}, no packet"
+    line = f"{clock(x.end, micros=True)} {x.text()}, no packet captured"
     return Seen(x.end, ResetKind.STRAY, (x.dst, x.dport), (x.src, x.sport), None, line,
                 x.process, None, None, x)
 

@@ -26,9 +26,11 @@ examples:
 
 It captures on every interface (loopback included), traces the kernel for the process
 behind each connect and the reason for each reset, reads the counters, the listeners,
-the firewall rules and watch's history, then ranks what it found. Causes: no-listener,
-firewall-reject, firewall-drop, unreachable, listen-overflow, peer-abort, local-abort,
-normal. Without root it reads what it can (counters, listeners) and says what it skipped.
+the firewall rules and watch's history, then ranks what it found. Every connect that
+failed in the window is counted (from the trace) and explained, or said to be unexplained.
+Causes: no-listener, wrong-address, firewall-reject, firewall-drop, unreachable,
+listen-overflow, peer-abort, local-abort, normal, unexplained. Without root it reads what
+it can (counters, listeners) and says what it skipped.
 
 exit status: 0 nothing abnormal; 1 something abnormal found; 2 error.
 """

@@ -148,3 +148,20 @@ def flag_text(flags: int) -> str:
     if flags & ACK:
         out += "."
     return out or "none"
+
+
+def syn_segment(src: str, sport: int, dst: str, dport: int) -> bytes:
+    """An IPv4 or IPv6 packet carrying a bare SYN from src:sport to dst:dport (checksums
+    left 0): what a connect would have sent, for a filter to be asked about it.
+
+    >>> len(syn_segment("10.0.0.1", 5000, "10.0.0.2", 80)), len(syn_segment("::1", 1, "::1", 2))
+    (40, 60)
+    """
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, SYN, 65535, 0, 0)
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version == 4 and b.version == 4:
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, PROTO_TCP, 0,
+                           a.packed, b.packed) + tcp
+    a6 = a if a.version == 6 else ipaddress.IPv6Address(f"::ffff:{a}")
+    b6 = b if b.version == 6 else ipaddress.IPv6Address(f"::ffff:{b}")
+    return struct.pack("!IHBB16s16s", 6 << 28, 20, PROTO_TCP, 64, a6.packed, b6.packed) + tcp

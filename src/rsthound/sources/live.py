@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsthound.errors import BadInput, NeedPrivilege, NotSupported
+from rsthound.formats.inet import syn_segment
 from rsthound.formats.records import Interface, RecordBatch
 from rsthound.textforms import printable
 
@@ -103,6 +104,11 @@ class LiveCapture:
                 self.close()
                 raise BadInput(f"cannot write the capture: {e}", write) from None
         self._names: dict[int, str | None] = {}
+        self._select = None  # the expression alone, for packets that start at IP
+        if expression:
+            with contextlib.suppress(cypcap.Error):
+                self._select = cypcap.compile(cypcap.DatalinkType.RAW, snaplen, expression,
+                                              True, cypcap.NETMASK_UNKNOWN)
 
     def _explain(self, e: Exception) -> Exception:
         code = getattr(e, "code", None)
@@ -113,6 +119,15 @@ class LiveCapture:
             return BadInput("no such interface ('ip link' lists them; 'any' is all of them)",
                             self.iface)
         return BadInput(f"cannot capture: {_message(e)}", self.iface)
+
+    def selects(self, src: str, sport: int, dst: str, dport: int) -> bool:
+        """Whether the user's filter expression takes a SYN from src:sport to dst:dport:
+        for a connect the trace saw and the wire did not. True without an expression."""
+        if self._select is None:
+            return True
+        pkt = syn_segment(src, sport, dst, dport)
+        return bool(self._select.offline_filter(
+            self._cypcap.Pkthdr(ts=0.0, caplen=len(pkt), len=len(pkt)), pkt))
 
     def ifname(self, ifindex: int) -> str | None:
         """This host's name for an interface index (SLL2 carries the index)."""
