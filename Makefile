@@ -18,12 +18,13 @@ DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
 run: setup
 	$(BIN)/rsthound diagnose || [ $$? -eq 1 ]
 
-# two workers: most tests wait on real kernels and clocks, not on a core. The storms run
-# alone afterwards: the kernel trace sees every namespace, and a storm floods every tracer.
+# three workers on two cores: most tests wait on real kernels and clocks, not on a core.
+# The storms run apart afterwards: the kernel trace sees every namespace, and a storm
+# floods every tracer on the host.
 test: setup
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -n 2 -m "not storm"
-	$(BIN)/python -m pytest -m storm
+	$(BIN)/python -m pytest -n 3 -m "not storm"
+	$(BIN)/python -m pytest -n 2 -m storm
 
 setup: debs $(STAMP)
 

@@ -369,3 +369,33 @@ def test_the_loop_alerts_and_clears_on_its_clock(tmp_path):
     assert got[-1][0] == "clear" and got[-1][2] == "failed-connections", got
     alert = next(e for e in events if e["event"] == "alert")
     assert alert["ts"].startswith("2023-11-14T22:30:"), alert  # the clock's, not the host's
+
+
+def test_icmp_rejects_alert_without_the_trace_and_name_their_case():
+    """Without the trace, connects an ICMP error refused move Icmp.InDestUnreachs, not
+    always Tcp.AttemptFails: their own default rule fires, and the case says ICMP."""
+    alerter = Alerter()
+    ticker = Ticker()
+    got = []
+    for i in range(6):
+        values = {"Tcp.AttemptFails": 0, "Tcp.OutRsts": 0, "TcpExt.TCPSynRetrans": 0,
+                  "TcpExt.ListenOverflows": 0, "Tcp.EstabResets": 0,
+                  "Icmp.InDestUnreachs": 3 * i, "Icmp6.InDestUnreachs": 0}
+        got += alerter.observe(ticker.next(1000.0 + i, 1000.0 + i, values))
+    assert [(e.event, e.rule, e.level) for e in got] == [("alert", "icmp-unreachables", "warn")]
+    assert got[0].cases == ["outgoing-icmp"] and "REJECT" in got[0].explanation
+
+
+def test_where_the_trace_counts_the_rules_count_from_it():
+    """The rules on Tcp.AttemptFails count rsthound.FailedConnects instead, and the ICMP
+    rules that stood in for the trace are dropped."""
+    from rsthound.analyze.alerts import TRACED
+    from rsthound.commands.watch import _rules
+
+    cfg = load_config(None)
+    said: list[str] = []
+    rules, baselines = _rules(cfg, True, said.append)
+    assert {r.name: r.metric for r in rules}["failed-connections"] == TRACED
+    assert not [r for r in rules if r.metric.startswith("Icmp")]
+    assert [b.metric for b in baselines] == [TRACED] and "kernel trace" in said[0]
+    assert _rules(cfg, False, said.append) == (cfg.rules, cfg.baselines)
