@@ -13,13 +13,14 @@ import os
 import queue
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from rsthound.analyze.session import Analysis, Selection, prepare
 from rsthound.errors import BadInput, RstHoundError
 from rsthound.formats.columns import DecodeStats
+from rsthound.formats.records import RecordBatch
 from rsthound.model import Damage
-from rsthound.sources.capfile import read_capture
+from rsthound.sources.capfile import PacketFilter, read_capture
 
 PARALLEL_MIN_BYTES = 32 << 20
 QUEUE_DEPTH = 3  # batches in flight: bounds the memory the helper can run ahead with
@@ -27,8 +28,9 @@ QUEUE_DEPTH = 3  # batches in flight: bounds the memory the helper can run ahead
 
 def analyze_file(path: str, analysis: Analysis,
                  progress: Callable[[int], None] = lambda _offset: None,
-                 parallel: bool | None = None) -> None:
+                 parallel: bool | None = None, expression: str | None = None) -> None:
     """Feed the capture at `path` into `analysis`; BadInput when it is unusable.
+    `expression`: only the packets this tcpdump filter expression takes.
 
     `parallel` None: decide by file size and core count.
     """
@@ -40,14 +42,15 @@ def analyze_file(path: str, analysis: Analysis,
         try:
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(
-                target=_helper, args=(path, analysis.selection, analysis.table.counts, q),
+                target=_helper, args=(path, analysis.selection, analysis.table.counts, q,
+                                      expression),
                 name="rsthound-reader", daemon=True,
             )
             helper.start()
         except OSError:  # no semaphores or no processes here (some sandboxes): read inline
             parallel = False
     if not parallel:
-        for batch in read_capture(path, analysis.summary.damages):
+        for batch in _read(path, analysis.summary.damages, expression):
             progress(analysis.feed(batch).end_offset)
         return
     try:
@@ -87,11 +90,21 @@ def _worth_a_helper(path: str) -> bool:
         return False  # let the reader say what is wrong
 
 
-def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue) -> None:
+def _read(path: str, damages: list[Damage], expression: str | None) -> Iterator[RecordBatch]:
+    """The file's batches, those packets only that `expression` takes."""
+    batches = read_capture(path, damages)
+    if expression is None:
+        return batches
+    keep = PacketFilter(expression)
+    return (keep.batch(b) for b in batches)
+
+
+def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue,
+            expression: str | None = None) -> None:
     damages: list[Damage] = []
     stats = DecodeStats()
     try:
-        for batch in read_capture(path, damages):
+        for batch in _read(path, damages, expression):
             q.put(("batch", prepare(batch, selection, stats, counts)))
         q.put(("end", (damages, stats)))
     except BadInput as e:

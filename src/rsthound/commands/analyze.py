@@ -12,6 +12,7 @@ from rsthound.commands import Exit, options
 from rsthound.errors import BadInput
 from rsthound.pipeline import analyze_file
 from rsthound.report import jsonout, text
+from rsthound.sources.capfile import PacketFilter
 
 PROGRESS_MIN_BYTES = 64 << 20
 
@@ -21,6 +22,7 @@ examples:
   rsthound analyze --resets capture.pcap    one line per reset, with its kind
   rsthound analyze --conns --json a.pcapng  a JSON line per connection (Zeek)
   rsthound analyze --port 7211 --since 2026-11-22T10:54:00 dump.pcap
+  rsthound analyze dump.pcap 'host 10.0.0.5 and port 5432'   tcpdump's filter syntax
 
   control packets alone are enough, and keep captures small:
   tcpdump -i any -w rst.pcap 'tcp[tcpflags] & (tcp-syn|tcp-rst|tcp-fin) != 0'
@@ -40,8 +42,9 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    p.add_argument("files", nargs="+", metavar="FILE",
-                   help="pcap or pcapng capture file(s); - reads standard input")
+    p.add_argument("files", nargs="+", metavar="FILE [EXPRESSION]",
+                   help="pcap or pcapng capture file(s), - for standard input; then, as "
+                   "tcpdump -r takes it, a filter expression (port 7211, host 10.0.0.5)")
     view = p.add_mutually_exclusive_group()
     view.add_argument("--resets", action="store_true", help="one line per reset, with its kind")
     view.add_argument("--conns", action="store_true", help="one line per connection (conn.log)")
@@ -53,8 +56,9 @@ def add_parser(sub: Any) -> None:
                    help="only connections with this address on either side (repeatable)")
     p.add_argument("--since", type=options.time_arg, help="only packets at or after this time")
     p.add_argument("--until", type=options.time_arg, help="only packets before this time")
-    p.add_argument("--top", type=int, default=10, help="services in the table (default 10)")
-    p.add_argument("--max-conns", type=int, default=200_000,
+    p.add_argument("--top", type=options.count_arg(0), default=10,
+                   help="services in the table (default 10; 0: no table)")
+    p.add_argument("--max-conns", type=options.count_arg(1), default=200_000,
                    help="connections tracked at once before the oldest are ended "
                    "(bounds memory; default 200000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -62,6 +66,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    files, expression = split_inputs(args.files)
+    if expression:  # said before any file is read
+        PacketFilter(expression)
+    args.files = files
     sel = Selection(tuple(args.port), tuple(args.host), args.since, args.until)
     on_conn = on_reset = None
     if args.conns:
@@ -79,7 +87,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     progress = Progress(args.files, err, enabled=not args.no_progress)
     for path in args.files:
         try:
-            analyze_file(path, analysis, lambda off, p=path: progress.update(p, off))
+            analyze_file(path, analysis, lambda off, p=path: progress.update(p, off),
+                         expression=expression)
             used.append(path)
         except BadInput as e:
             if args.debug:
@@ -99,6 +108,29 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if failed:
         return Exit.ERROR
     return Exit.DAMAGED if damages else Exit.OK
+
+
+def split_inputs(words: list[str]) -> tuple[list[str], str | None]:
+    """The files (each checked before any is read), then the filter expression: what
+    follows the last argument that names a file."""
+    files: list[str] = []
+    rest = list(words)
+    while rest and (rest[0] == "-" or os.path.lexists(rest[0])):
+        files.append(rest.pop(0))
+    if not files:
+        raise BadInput("no such file (files come first, then a filter expression, as "
+                       "tcpdump -r FILE EXPRESSION)", words[0])
+    for w in rest:  # a missing file, not a word of an expression
+        if "/" in w or w.endswith((".pcap", ".pcapng", ".cap", ".gz")):
+            raise BadInput("no such file", w)
+    for f in files:
+        if f == "-":
+            continue
+        if os.path.isdir(f):
+            raise BadInput("a directory, not a capture file", f)
+        if not os.access(f, os.R_OK):
+            raise BadInput("cannot read it: permission denied", f)
+    return files, " ".join(rest) or None
 
 
 class Progress:

@@ -55,16 +55,19 @@ def add_parser(sub: Any) -> None:
                    help="a tcpdump filter expression (port 7211, host 10.0.0.5, ...)")
     p.add_argument("-i", "--interface", default="any", metavar="IFACE",
                    help="the interface (default any: all of them, loopback included)")
-    p.add_argument("-c", "--count", type=int, metavar="N",
+    p.add_argument("-c", "--count", type=options.count_arg(1), metavar="N",
                    help="stop after N resets or failed connections")
     p.add_argument("--duration", type=options.seconds_arg, help="stop after this many seconds")
     p.add_argument("-w", "--write", metavar="FILE",
                    help="also write the packets rsthound sees to a pcap file")
-    p.add_argument("-s", "--snaplen", type=int, default=256, metavar="BYTES",
-                   help="bytes kept of each packet (default 256: all headers)")
+    p.add_argument("-s", "--snaplen", type=options.count_arg(128, 262144), default=256,
+                   metavar="BYTES",
+                   help="bytes kept of each packet (default 256; 128 at least: every header "
+                   "rsthound reads, an ICMPv6 error quoting IPv6 and TCP included)")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
     p.add_argument("--summary", action="store_true",
-                   help="a summary of the failing services at the end")
+                   help="a summary of the failing services at the end (with --json: the "
+                   "last line, {\"event\": \"summary\", ...})")
     p.add_argument("--no-trace", action="store_true",
                    help="do not name processes (no kernel tracing through tracefs)")
     options.add_namespace(p)
@@ -166,7 +169,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         behind = obs.behind
         rsts_after = obs.counter_values().get("Tcp.OutRsts")
     summary = sights.analysis.finish(files)
-    if args.summary and not args.json and not live_view:
+    if args.summary and args.json:  # the last line: the summary, as analyze --json has it
+        out.write(jsonout.line({"event": "summary"} | jsonout.summary_obj(summary)))
+    elif args.summary and not live_view:
         out.write(text.render_summary(summary, command="capture"))
     if stats is not None:
         err.write(f"rsthound: {stats.captured} packets captured, {stats.received} received "

@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    p.add_argument("--interval", type=options.seconds_arg, default=1.0,
+    p.add_argument("--interval", type=options.interval_arg(0.01, zero=True), default=1.0,
                    help="seconds between the two samples the rates come from "
                    "(default 1; 0: values only)")
     p.add_argument("--json", action="store_true",

@@ -14,7 +14,7 @@ from rsthound.commands import Exit, options
 from rsthound.observe.investigate import collect
 from rsthound.report.diagnosis import diagnosis_obj, render_diagnosis
 from rsthound.report.jsonout import line
-from rsthound.sources.procfs import netns_label
+from rsthound.sources.procfs import in_netns, netns_label, netns_path
 
 EPILOG = """\
 examples:
@@ -58,13 +58,20 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
+        # Ctrl-C or SIGTERM end the window early: what it saw is still reported
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
     where = netns_label(args.netns)
+    if args.netns:  # a namespace that is not there: one line, before announcing anything
+        in_netns(netns_path(args.netns, args.proc_root), lambda: None)
     err.write(f"rsthound: watching {where} for {args.duration:g} s: capture on every "
               "interface, kernel trace, counters, listeners\n")
     err.flush()
     facts = collect(args.duration, args.netns, args.db, trace=not args.no_trace,
                     should_stop=stop.is_set, proc_root=args.proc_root)
+    if stop.is_set():
+        err.write(f"rsthound: stopped after {facts.end - facts.start:.1f} s of "
+                  f"{args.duration:g}; reporting what that window saw\n")
     findings = diagnose(facts)
     host = socket.gethostname() + ("" if args.netns is None else f" ({where})")
     if args.json:

@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import re
 import time
+from typing import Any
 
 from rsthound.metrics import BY_NAME
 
@@ -99,3 +100,40 @@ def add_proc_root(p: argparse.ArgumentParser) -> None:
 
 def add_debug(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+
+def count_arg(least: int, most: int | None = None) -> Any:
+    """An integer argument at least `least` (and at most `most`)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = least - 1
+        if v < least or (most is not None and v > most):
+            limits = f"{least}-{most}" if most is not None else f"{least} or more"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number {limits}")
+        return v
+    return parse
+
+
+def interval_arg(least: float, zero: bool = False) -> Any:
+    """Seconds between samples, `least` at the least (or 0 where `zero` allows it)."""
+    def parse(text: str) -> float:
+        v = seconds_arg(text)
+        if v < least and not (zero and v == 0):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is too short an interval ({least:g} s at least"
+                + (", or 0" if zero else "") + ")")
+        return v
+    return parse
+
+
+def url_arg(text: str) -> str:
+    """An http(s) URL with a host."""
+    from urllib.parse import urlparse
+
+    u = urlparse(text)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http:// or https:// URL with a host")
+    return text

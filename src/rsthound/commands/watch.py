@@ -33,7 +33,7 @@ from rsthound.report.jsonout import line
 from rsthound.sinks.history import Recorder, default_path
 from rsthound.sinks.notify import Poster
 from rsthound.sinks.web import Auth, WatchState, WebServer, parse_listen
-from rsthound.sources.procfs import CounterReader
+from rsthound.sources.procfs import CounterReader, in_netns, netns_path
 from rsthound.sources.sockdiag import ListenerReader, OwnerCache
 from rsthound.textforms import host as url_host
 from rsthound.textforms import stamp
@@ -87,13 +87,14 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    p.add_argument("--interval", type=options.seconds_arg, default=1.0,
+    p.add_argument("--interval", type=options.interval_arg(0.1), default=1.0,
                    help="seconds between samples (default 1)")
     p.add_argument("--duration", type=options.seconds_arg, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
     p.add_argument("--config", metavar="FILE", help="alert rules and notifications (TOML)")
-    p.add_argument("--webhook", metavar="URL", help="POST each event as JSON to this URL")
-    p.add_argument("--alertmanager", metavar="URL",
+    p.add_argument("--webhook", metavar="URL", type=options.url_arg,
+                   help="POST each event as JSON to this URL")
+    p.add_argument("--alertmanager", metavar="URL", type=options.url_arg,
                    help="send alerts to this Alertmanager (its /api/v2/alerts)")
     p.add_argument("--host", help="the host name in alerts (default: this host's name)")
     p.add_argument("--no-investigate", action="store_true",
@@ -131,8 +132,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock | None 
         raise BadInput("--user and --netns: reading another namespace needs root "
                        "throughout (run watch inside the namespace instead: ip netns exec)",
                        args.user)
+    _check(args)
     cfg = load_config(args.config)
-    interval = args.interval or 1.0
+    interval = args.interval
     host = args.host or cfg.host or socket.gethostname()
     webhook = args.webhook or cfg.webhook
     manager = args.alertmanager or cfg.alertmanager
@@ -140,7 +142,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock | None 
         manager = manager.rstrip("/") + "/api/v2/alerts"
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
+        # Ctrl-C and SIGTERM stop it cleanly: what is running is closed, exit status 0
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     def say(text: str) -> None:
         err.write(f"rsthound: {text}\n")
@@ -281,6 +285,25 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock | None 
             if monitor is not None:
                 monitor.close()
     return Exit.OK
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Everything the command line names is checked before watch says it starts."""
+    if args.listen:
+        parse_listen(args.listen)
+        Auth(args.token_file, args.basic_auth_file)
+    if args.user:
+        try:
+            pwd.getpwnam(args.user)
+        except KeyError:
+            raise BadInput("no such user", args.user) from None
+    if args.db and not args.no_history:
+        folder = os.path.dirname(os.path.abspath(args.db))
+        if not os.path.isdir(folder):
+            raise BadInput(f"its folder {folder} does not exist (create it, or give "
+                           "another --db)", args.db)
+    if args.netns:
+        in_netns(netns_path(args.netns, args.proc_root), lambda: None)
 
 
 def _serve(args: argparse.Namespace, host: str, label: str, rules: Any, interval: float,

@@ -49,7 +49,8 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
         per = "second" if width == 1 else seconds(width)
         lines.append(f"per {per}: |{spark}| peak {peak:.1f}/s")
     lines.append("")
-    ranked = [svc for svc in s.ranked() if svc.failures or svc.reset_count][:top]
+    failing = [svc for svc in s.ranked() if svc.failures or svc.reset_count]
+    ranked = failing[:top]
     if ranked:
         rows = [["SERVICE", "FAILED", "REFUSED", "TIMEOUT", "RESETS", "CLIENTS", "RATE",
                  "FIRST", "LAST"]]
@@ -65,11 +66,13 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
                 clock(svc.last) if svc.failures else "-",
             ])
         lines.extend(_table(rows))
-        more = sum(1 for v in s.services.values() if v.failures or v.reset_count) - len(ranked)
+    if failing:
+        more = len(failing) - len(ranked)
         if more > 0:
             lines.append(f"... and {more} more services (--json lists them all)")
-        lines.append("(RESETS: other than refusals: abort, after-close, stray, injected?)")
-        lines.append("")
+        if ranked:
+            lines.append("(RESETS: other than refusals: abort, after-close, stray, injected?)")
+            lines.append("")
         lines.append("Findings")
         for f in findings(s):
             lines.extend(_wrap("- " + f, "  "))

@@ -91,6 +91,9 @@ class History:
             if os.statvfs(parent).f_flag & os.ST_RDONLY:
                 raise BadInput("its folder is on a read-only file system", path)
         else:
+            if os.path.isdir(path):
+                raise BadInput("a directory, not a history file (give the file, as --db "
+                               "DIR/history.db)", path)
             try:
                 os.stat(path)
             except FileNotFoundError:

@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from rsthound.analyze.alerts import Rule
+from rsthound.analyze.alerts import TRACED, Rule
 from rsthound.errors import BadInput, RstHoundError
+from rsthound.metrics import BY_NAME
 from rsthound.model import Tick
 from rsthound.report.listeners import listener_obj
 from rsthound.report.prom import WatchCollector
@@ -272,6 +273,10 @@ class WebServer:
         if url.path == "/api/series":
             q = parse_qs(url.query)
             metric = q.get("metric", ["Tcp.AttemptFails"])[0]
+            if metric not in BY_NAME and metric != TRACED:
+                known = ", ".join([*BY_NAME, TRACED])
+                return 404, _dumps({"error": f"no such metric: {metric}", "known": known}), \
+                    "application/json", {}
             try:
                 since = float(q.get("since", ["0"])[0] or 0)
             except ValueError:

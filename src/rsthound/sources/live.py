@@ -9,6 +9,7 @@ each packet's interface index.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import time
@@ -98,11 +99,15 @@ class LiveCapture:
         self._poll = select.poll()
         self._poll.register(pcap.get_selectable_fd(), select.POLLIN)
         if write:
+            folder = os.path.dirname(write) or "."
+            if not os.path.isdir(folder):
+                self.close()
+                raise BadInput(f"cannot write the capture: no such folder {folder}", write)
             try:
                 self._dumper = pcap.dump_open(write)
             except cypcap.Error as e:
                 self.close()
-                raise BadInput(f"cannot write the capture: {e}", write) from None
+                raise BadInput(f"cannot write the capture: {_message(e)}", write) from None
         self._names: dict[int, str | None] = {}
         self._select = None  # the expression alone, for packets that start at IP
         if expression:

@@ -1,0 +1,154 @@
+"""What a new user hit (issue 15), each with the test that would have caught it: nonsense
+values refused with one line, inputs checked before any is read, errors said before the
+start-up line, Ctrl-C keeping what was seen, and tcpdump's conventions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DATA, free_port
+
+NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
+          "--bounding-set=-all")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (("analyze", "--top", "-1", "F"), "--top: '-1' is not a whole number 0 or more"),
+    (("analyze", "--max-conns", "0", "F"), "--max-conns: '0' is not a whole number 1 or more"),
+    (("capture", "-s", "10"), "--snaplen: '10' is not a whole number 128-262144"),
+    (("capture", "-c", "-1"), "--count: '-1' is not a whole number 1 or more"),
+    (("watch", "--interval", "0"), "--interval: '0' is too short an interval"),
+    (("watch", "--interval", "0.001"), "--interval: '0.001' is too short an interval"),
+    (("counters", "--interval", "0.001"), "too short an interval (0.01 s at least, or 0)"),
+    (("watch", "--webhook", "notaurl"), "'notaurl' is not an http:// or https:// URL"),
+    (("watch", "--alertmanager", "ftp://x"), "is not an http:// or https:// URL"),
+])
+def test_nonsense_values_are_refused_in_one_line(cli, argv, said):
+    r = cli(*argv)
+    assert r.code == 2 and r.err.count("\n") == 1 and said in r.err, r.err
+    assert r.out == ""
+
+
+def test_top_zero_keeps_the_findings_and_drops_the_table(cli):
+    f = DATA / "refused.pcap"
+    r = cli("analyze", "--top", "0", f)
+    assert r.code == 0 and "No failed connections" not in r.out, r.out
+    assert "SERVICE" not in r.out and "Findings" in r.out and "refused 16" in r.out
+    assert "... and 1 more services" in r.out
+
+
+def test_every_input_is_checked_before_any_is_read(cli, tmp_path):
+    f = DATA / "refused.pcap"
+    r = cli("analyze", f, "nosuch.pcap")
+    assert r.code == 2 and r.out == "" and r.err == "rsthound: nosuch.pcap: no such file\n"
+    r = cli("analyze", "port 9000", f)
+    assert r.code == 2 and r.out == "" and "port 9000: no such file (files come first" in r.err
+    r = cli("analyze", tmp_path, f)
+    assert r.code == 2 and r.out == "" and "a directory" in r.err
+    r = cli("analyze", f, "port 90x2")
+    assert r.code == 2 and r.out == "" and "not a filter expression" in r.err
+
+
+def test_a_filter_expression_on_files_as_tcpdump_takes_it(cli):
+    f = DATA / "ipv6.pcap"
+    every = cli("analyze", "--json", f).json()["connections"]
+    one = cli("analyze", "--json", f, "port", "9002").json()
+    assert (every, one["connections"], one["packets"]) == (3, 1, 2)
+    assert cli("analyze", "--json", f, "tcp[tcpflags] & tcp-rst != 0").json()["packets"] == 0
+    # ip6 and tcp flags, in tcpdump's own syntax: the two resets
+    assert cli("analyze", "--json", f, "ip6[53] & 4 != 0").json()["packets"] == 2
+
+
+def test_errors_come_before_the_start_up_line(cli, tmp_path):
+    for argv, said in ((("--listen", "99999"), "99999: not ADDR:PORT"),
+                       (("--listen", "9999", "--token-file", str(tmp_path / "x")),
+                        "cannot read it"),
+                       (("--db", "/nonexistent/dir/h.db"), "folder /nonexistent/dir does not "
+                        "exist")):
+        r = cli("watch", *argv, "--duration", "0")
+        assert r.code == 2 and r.err.count("\n") == 1 and said in r.err, r.err
+    assert not (tmp_path / "nonexistent").exists()
+    r = cli("history", "--db", tmp_path)
+    assert r.code == 2 and "a directory, not a history file" in r.err, r.err
+
+
+@pytest.mark.kernel
+def test_errors_that_need_root_come_before_the_start_up_line(cli):
+    from conftest import need_root_tools
+
+    need_root_tools("ip")
+    r = cli("watch", "--user", "no-such-user-here", "--duration", "0")
+    assert r.code == 2 and r.err == "rsthound: no-such-user-here: no such user\n", r.err
+    r = cli("diagnose", "--netns", "no-such-netns-here")
+    assert r.code == 2 and r.err.count("\n") == 1 and "no such network namespace" in r.err
+    r = cli("capture", "-w", "/nonexistent/dir/x.pcap", "-c", "1")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "no such folder /nonexistent/dir" in r.err and "ErrorCode" not in r.err
+
+
+@pytest.mark.kernel
+def test_capture_json_summary_is_the_last_line(netns):
+    p = subprocess.Popen(netns.argv(sys.executable, "-m", "rsthound", "capture", "--json",
+                                    "--summary", "--duration", "3"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "capturing" in p.stderr.readline()
+    client = netns.knock(3, 0.2, port=7211)
+    client.wait(timeout=10)
+    out, err = p.communicate(timeout=30)
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert p.returncode == 0 and lines, err
+    last = lines[-1]
+    assert last["event"] == "summary" and last["resets"]["total"] == 3, last
+    assert [x["kind"] for x in lines[:-1]] == ["refused"] * 3
+
+
+@pytest.mark.kernel
+def test_ctrl_c_ends_diagnose_early_and_keeps_what_it_saw(netns):
+    client = netns.knock(40, 0.25, port=7211)
+    p = subprocess.Popen(netns.argv(sys.executable, "-m", "rsthound", "diagnose", "--json",
+                                    "--duration", "20"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "watching" in p.stderr.readline()
+        time.sleep(2.5)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    finally:
+        client.kill()
+        client.wait()
+    assert p.returncode == 1, err
+    report = json.loads(out)
+    assert report["window"]["seconds"] < 10 and "stopped after" in err, err
+    assert report["findings"][0]["cause"] == "no-listener"
+
+
+@pytest.mark.kernel
+def test_ctrl_c_stops_watch_with_exit_0(netns):
+    p = subprocess.Popen(netns.argv(sys.executable, "-m", "rsthound", "watch", "--no-history"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "watching" in p.stderr.readline()
+    time.sleep(1.5)
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=20)
+    assert p.returncode == 0 and "Traceback" not in err and "interrupted" not in err, err
+
+
+def test_without_root_watch_listen_says_the_capture_is_off():
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop to nobody")
+    port = free_port()
+    p = subprocess.run([*NOBODY, sys.executable, "-m", "rsthound", "watch", "--no-history",
+                        "--listen", f"127.0.0.1:{port}", "--duration", "2"],
+                       capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, STATE_DIRECTORY="", HOME="/nonexistent"))
+    assert p.returncode == 0, p.stderr
+    off = [ln for ln in p.stderr.splitlines() if "no always-on capture" in ln]
+    assert len(off) == 1 and "CAP_NET_RAW" in off[0], p.stderr
