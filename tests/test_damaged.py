@@ -47,11 +47,15 @@ def test_not_a_capture(cli, tmp_path):
 def test_missing_and_empty_and_directory(cli, tmp_path):
     empty = tmp_path / "empty.pcap"
     empty.write_bytes(b"")
-    r = cli("analyze", tmp_path / "nope.pcap", empty, tmp_path)
+    # every input is checked before any is read: the first that cannot be is said
+    r = cli("analyze", empty, tmp_path / "nope.pcap", tmp_path)
+    assert r.code == Exit.ERROR and r.out == ""
+    assert r.err.endswith("nope.pcap: no such file\n") and r.err.count("\n") == 1, r.err
+    r = cli("analyze", empty, tmp_path)
+    assert r.code == Exit.ERROR and r.out == "" and "a directory" in r.err
+    r = cli("analyze", empty)
     assert r.code == Exit.ERROR
-    assert "nope.pcap: no such file" in r.err
     assert "empty.pcap: at byte 0: empty file" in r.err
-    assert "is a directory" in r.err
     no_traceback(r.err)
 
 

@@ -117,11 +117,15 @@ def split_inputs(words: list[str]) -> tuple[list[str], str | None]:
     rest = list(words)
     while rest and (rest[0] == "-" or os.path.lexists(rest[0])):
         files.append(rest.pop(0))
+    def named_file(w: str) -> bool:  # a missing file, not a word of an expression
+        return "/" in w or w.endswith((".pcap", ".pcapng", ".cap", ".gz"))
+
     if not files:
-        raise BadInput("no such file (files come first, then a filter expression, as "
-                       "tcpdump -r FILE EXPRESSION)", words[0])
-    for w in rest:  # a missing file, not a word of an expression
-        if "/" in w or w.endswith((".pcap", ".pcapng", ".cap", ".gz")):
+        raise BadInput("no such file" + ("" if named_file(words[0]) else " (files come "
+                       "first, then a filter expression, as tcpdump -r FILE EXPRESSION)"),
+                       words[0])
+    for w in rest:
+        if named_file(w):
             raise BadInput("no such file", w)
     for f in files:
         if f == "-":
