@@ -12,7 +12,7 @@ DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
           prometheus:prometheus promtool:prometheus chromium:chromium hey:hey \
           tcpreplay:tcpreplay
 
-.PHONY: run test setup debs lint bench bench-watch bench-diagnose bench-web fuzz captures clean
+.PHONY: run test setup debs lint man bench bench-watch bench-diagnose bench-web fuzz captures clean
 
 # diagnose exits 1 when it finds something abnormal: a finding, not a failure of make
 run: setup
@@ -48,6 +48,12 @@ debs:
 	    echo "note: missing Debian packages:$$missing (run 'sudo make debs'); tests that need them will skip"; \
 	  fi; \
 	fi
+
+# the manual page, made from the parser: build/rsthound.1 (man -l build/rsthound.1)
+man: setup
+	mkdir -p build
+	$(BIN)/argparse-manpage --module rsthound.cli --function build_parser --prog rsthound \
+	  --project-name rsthound --manual-title "rsthound manual" --output build/rsthound.1
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -152,3 +152,65 @@ def test_without_root_watch_listen_says_the_capture_is_off():
     assert p.returncode == 0, p.stderr
     off = [ln for ln in p.stderr.splitlines() if "no always-on capture" in ln]
     assert len(off) == 1 and "CAP_NET_RAW" in off[0], p.stderr
+
+
+@pytest.mark.kernel
+def test_listeners_by_port_and_address(netns):
+    """As `ss -ltn 'sport = :N'`: --port and --address (an address takes the wildcard of
+    its family too)."""
+    code = ("import socket, time\nfor a, p in (('127.0.0.1', 7300), ('0.0.0.0', 7301), "
+            "('::1', 7302)):\n    s = socket.socket(socket.AF_INET6 if ':' in a else "
+            "socket.AF_INET); s.bind((a, p)); s.listen(); globals()[str(p)] = s\n"
+            "time.sleep(30)\n")
+    server = netns.start(code)
+    try:
+        def ports(*argv: str) -> list[int]:
+            r = subprocess.run(netns.argv(sys.executable, "-m", "rsthound", "listeners",
+                                          "--json", *argv), capture_output=True, text=True)
+            return [json.loads(x)["port"] for x in r.stdout.splitlines()]
+
+        for _ in range(50):
+            if len(ports()) == 3:
+                break
+            time.sleep(0.1)
+        assert ports("--port", "7301") == [7301]
+        assert ports("--port", "7300", "--port", "7302") == [7300, 7302]
+        assert ports("--address", "127.0.0.1") == [7300, 7301]  # its own, and 0.0.0.0
+        assert ports("--address", "::1") == [7302]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_counters_all_shows_every_tcp_ip_icmp_counter(cli):
+    r = cli("counters", "-a", "--interval", "0")
+    assert r.code == 0 and "Tcp.InSegs" in r.out and "Icmp.InMsgs" in r.out, r.out
+    assert "Tcp.InSegs" not in cli("counters", "--interval", "0").out
+    got = cli("counters", "-a", "--json", "--interval", "0").json()
+    assert "Tcp.InSegs" in got and "Tcp.AttemptFails" in got
+
+
+def test_counters_repeat_redraws_until_ctrl_c():
+    p = subprocess.Popen([sys.executable, "-m", "rsthound", "counters", "--repeat", "0.3",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert p.returncode == 0 and len(lines) >= 3, err
+    assert all("rate" in x["Tcp.AttemptFails"] for x in lines)
+
+
+def test_completion_and_man_page_come_from_the_parser(capsys):
+    from argparse_manpage.manpage import Manpage
+
+    from rsthound.cli import build_parser, main
+    from rsthound.commands import NAMES
+
+    for shell in ("bash", "zsh"):
+        assert main(["--print-completion", shell]) == 0
+        script = capsys.readouterr().out
+        assert all(name in script for name in NAMES), shell
+        assert "--duration" in script and "--netns" in script
+    page = str(Manpage(build_parser()))
+    assert all(f"\\fI\\,{name}\\/\\fR" in page for name in NAMES)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TextIO
 
+import shtab
+
 from rsthound import __version__
 from rsthound.commands import NAMES, Exit
 from rsthound.errors import RstHoundError
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"rsthound {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # completion scripts made from this parser (shtab), e.g. --print-completion bash
+    shtab.add_argument_to(p, ["--print-completion"], help="print a completion script for "
+                          "this shell (bash, zsh, tcsh) and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in NAMES:
         _command(name).add_parser(sub)

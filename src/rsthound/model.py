@@ -176,6 +176,16 @@ class Listener:
         return endpoint(self.addr, self.port)
 
 
+def takes(bound: str, addr: str) -> bool:
+    """Whether a listener bound to `bound` takes connects to `addr`: the same address, or
+    the wildcard of its family (`::` takes IPv4 too, as dual-stack sockets do).
+
+    >>> takes("0.0.0.0", "10.0.0.1"), takes("0.0.0.0", "::1"), takes("::", "10.0.0.1")
+    (True, False, True)
+    """
+    return bound == addr or bound == "::" or (bound == "0.0.0.0" and ":" not in addr)
+
+
 @dataclass(frozen=True)
 class FirewallRule:
     """One nftables rule that ends in reject or drop."""

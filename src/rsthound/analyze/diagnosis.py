@@ -16,7 +16,7 @@ from rsthound.analyze import unreached
 from rsthound.analyze.connects import accounting, connects, tie
 from rsthound.analyze.evidence import counter_evidence, most_common, n_of
 from rsthound.analyze.facts import Facts, Seen
-from rsthound.model import Cause, Finding, Listener, Process, ResetKind, process_text
+from rsthound.model import Cause, Finding, Listener, Process, ResetKind, process_text, takes
 from rsthound.textforms import clock, endpoint
 
 # which counter tells since when each cause goes on (in watch's history)
@@ -328,8 +328,7 @@ def _listener_on(f: Facts, addr: str, port: int) -> Listener | None:
     at the start of the window (one that died meanwhile still explains the window)."""
     for group in (f.listeners, f.listeners_before):
         for x in group:
-            if x.port == port and (x.addr == addr or (x.addr in ("0.0.0.0", "::") and (
-                    x.addr == "::" or ":" not in addr))):
+            if x.port == port and takes(x.addr, addr):
                 return x
     return None
 
