@@ -214,3 +214,73 @@ def test_completion_and_man_page_come_from_the_parser(capsys):
         assert "--duration" in script and "--netns" in script
     page = str(Manpage(build_parser()))
     assert all(f"\\fI\\,{name}\\/\\fR" in page for name in NAMES)
+
+
+def test_the_service_column_cuts_nothing_off_a_terminal(tmp_path):
+    """A long IPv6 service: cut in the middle only to fit a terminal, whole otherwise."""
+    from packets import pcap_bytes, tcp_packet
+    from rsthound.analyze.session import Analysis
+    from rsthound.formats.inet import ACK, RST, SYN
+    from rsthound.report.text import render_summary
+    from rsthound.sources.capfile import read_capture
+
+    server = "fd00:1234:5678:9abc:def0:1234:5678:9abc"
+    pkts = [(1.0, tcp_packet("fd00::1", 40000, server, 8086, SYN)),
+            (1.1, tcp_packet(server, 8086, "fd00::1", 40000, RST | ACK, 0, 1))]
+    f = tmp_path / "long.pcap"
+    f.write_bytes(pcap_bytes(pkts))
+    a = Analysis()
+    for batch in read_capture(str(f), []):
+        a.feed(batch)
+    s = a.finish([str(f)])
+    whole = f"[{server}]:8086"
+
+    def row(width: int | None) -> str:  # the service table's row
+        return next(ln for ln in render_summary(s, columns=width).splitlines()
+                    if ln.startswith("[fd00"))
+
+    assert row(None).startswith(whole + " ")
+    assert row(80).startswith("[fd00") and "…" in row(80) and len(row(80)) <= 80
+    assert row(160).startswith(whole + " ")
+
+
+def test_dates_come_when_lines_cross_midnight_or_on_request(cli, tmp_path):
+    from packets import pcap_bytes, tcp_packet
+    from rsthound.formats.inet import ACK, RST, SYN
+
+    midnight = 1_796_256_000.0  # 2026-12-03 00:00:00 UTC
+    pkts = []
+    for i, t in enumerate((midnight - 1, midnight + 1)):
+        pkts += [(t, tcp_packet("10.0.0.1", 40000 + i, "10.0.0.2", 80, SYN)),
+                 (t + 0.001, tcp_packet("10.0.0.2", 80, "10.0.0.1", 40000 + i, RST | ACK,
+                                        0, 1))]
+    f = tmp_path / "midnight.pcap"
+    f.write_bytes(pcap_bytes(pkts))
+    lines = cli("analyze", "--resets", f).out.splitlines()
+    assert lines[0].startswith("23:59:59.001000 ") and lines[1].startswith(
+        "2026-12-03 00:00:01.001000 "), lines
+    dated = cli("analyze", "--resets", "--tttt", f).out.splitlines()
+    assert dated[0].startswith("2026-12-02 23:59:59.001000 "), dated
+
+
+@pytest.mark.kernel
+def test_diagnose_netns_names_the_namespaces_own_interfaces(netns_factory):
+    """ifindex 2 of the namespace is its veth, whatever index 2 is on the host."""
+    from test_diagnose_scenarios import veth
+
+    a, b = netns_factory(), netns_factory()
+    veth(a, b)
+    client = subprocess.Popen(a.argv(sys.executable, "-c", (
+        "import socket, time\nfor _ in range(12):\n    s = socket.socket()\n"
+        "    try: s.connect(('10.77.0.2', 7300))\n    except OSError: pass\n"
+        "    s.close(); time.sleep(0.25)\n")))
+    try:
+        r = subprocess.run([sys.executable, "-m", "rsthound", "diagnose", "--json",
+                            "--netns", a, "--duration", "2"], capture_output=True, text=True,
+                           timeout=30)
+    finally:
+        client.kill()
+        client.wait()
+    top = json.loads(r.stdout)["findings"][0]
+    assert top["service"] == "10.77.0.2:7300", r.stdout
+    assert all(" rh0 IP " in e for e in top["evidence"] if "Flags" in e), top["evidence"]

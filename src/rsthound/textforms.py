@@ -59,6 +59,36 @@ def clock(ts: float, micros: bool = False) -> str:
     return f"{base}.{round((ts % 1) * 1e6) % 1000000:06d}" if micros else base
 
 
+def micro_clock(ts: float) -> str:
+    """A packet's time of day, to the microsecond, as tcpdump prints it."""
+    return clock(ts, micros=True)
+
+
+class DatedClock:
+    """Packet times for a stream of lines: the time of day, as tcpdump prints it, with the
+    date too once the lines cross midnight (from then on), or always (`always`, as tcpdump
+    -tttt).
+
+    >>> import os; os.environ["TZ"] = "UTC"; time.tzset()
+    >>> t = DatedClock(); t(86399.5), t(86400.25)
+    ('23:59:59.500000', '1970-01-02 00:00:00.250000')
+    """
+
+    def __init__(self, always: bool = False) -> None:
+        self.dated = always
+        self._day: str | None = None
+
+    def __call__(self, ts: float) -> str:
+        if not math.isfinite(ts):
+            return "-"
+        day = time.strftime("%Y-%m-%d", time.localtime(ts))
+        if self._day is None:
+            self._day = day
+        elif day != self._day:
+            self.dated = True
+        return f"{day} {clock(ts, micros=True)}" if self.dated else clock(ts, micros=True)
+
+
 def stamp(ts: float) -> str:
     """A date and time of day, local time.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import traceback
 from typing import Any, TextIO
 
@@ -13,6 +14,7 @@ from rsthound.errors import BadInput
 from rsthound.pipeline import analyze_file
 from rsthound.report import jsonout, text
 from rsthound.sources.capfile import PacketFilter
+from rsthound.textforms import DatedClock
 
 PROGRESS_MIN_BYTES = 64 << 20
 
@@ -48,6 +50,9 @@ def add_parser(sub: Any) -> None:
     view = p.add_mutually_exclusive_group()
     view.add_argument("--resets", action="store_true", help="one line per reset, with its kind")
     view.add_argument("--conns", action="store_true", help="one line per connection (conn.log)")
+    p.add_argument("--tttt", action="store_true",
+                   help="dates in --conns and --resets times, as tcpdump -tttt (else they "
+                   "come once the lines cross midnight)")
     p.add_argument("--json", action="store_true",
                    help="JSON: the summary as one object; with --resets/--conns, JSON lines")
     p.add_argument("--port", type=options.port_arg, action="append", default=[],
@@ -70,16 +75,17 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if expression:  # said before any file is read
         PacketFilter(expression)
     args.files = files
+    when = DatedClock(always=args.tttt)
     sel = Selection(tuple(args.port), tuple(args.host), args.since, args.until)
     on_conn = on_reset = None
     if args.conns:
         on_conn = (lambda c: out.write(jsonout.line(jsonout.conn_obj(c)))) if args.json else (
-            lambda c: out.write(text.render_conn(c) + "\n"))
+            lambda c: out.write(text.render_conn(c, when) + "\n"))
         if not args.json:
             out.write(text.CONN_HEADER + "\n")
     if args.resets:
         on_reset = (lambda r: out.write(jsonout.line(jsonout.reset_obj(r)))) if args.json else (
-            lambda r: out.write(text.render_reset(r) + "\n"))
+            lambda r: out.write(text.render_reset(r, when) + "\n"))
     analysis = Analysis(sel, on_conn, on_reset, max_conns=args.max_conns)
     damages = analysis.summary.damages
     used: list[str] = []
@@ -103,8 +109,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not used:
         return Exit.ERROR
     if not (args.conns or args.resets):
+        width = shutil.get_terminal_size((80, 24)).columns if out.isatty() else None
         out.write(jsonout.render_summary_json(summary) if args.json else text.render_summary(
-            summary, top=args.top))
+            summary, top=args.top, columns=width))
     if failed:
         return Exit.ERROR
     return Exit.DAMAGED if damages else Exit.OK

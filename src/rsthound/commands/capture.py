@@ -172,7 +172,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.summary and args.json:  # the last line: the summary, as analyze --json has it
         out.write(jsonout.line({"event": "summary"} | jsonout.summary_obj(summary)))
     elif args.summary and not live_view:
-        out.write(text.render_summary(summary, command="capture"))
+        out.write(text.render_summary(summary, command="capture",
+                                      columns=text.WIDTH if out.isatty() else None))
     if stats is not None:
         err.write(f"rsthound: {stats.captured} packets captured, {stats.received} received "
                   f"by filter, {stats.dropped} dropped by kernel, {stats.ifdropped} dropped "

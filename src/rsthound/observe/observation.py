@@ -88,7 +88,8 @@ class Observation:
             if capture:
                 def open_live() -> LiveCapture:
                     def make() -> LiveCapture:
-                        return LiveCapture(iface, expression, snaplen, write=write)
+                        return LiveCapture(iface, expression, snaplen, write=write,
+                                           ns_path=self.ns_path)
                     return in_netns(self.ns_path, make) if self.ns_path else make()
 
                 self.live = self._open(CAPTURE, open_live, "rsthound capture says more",

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from rsthound.analyze.summary import Summary, failure_series, findings
 from rsthound.formats.inet import flag_text
 from rsthound.model import Conn, Icmp, Reset
-from rsthound.textforms import clock, endpoint, rate, seconds, stamp
+from rsthound.textforms import clock, endpoint, micro_clock, rate, seconds, stamp
 
 SPARK = " ▁▂▃▄▅▆▇█"
 WIDTH = 80
 
 
-def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
+def render_summary(s: Summary, top: int = 10, command: str = "analyze",
+                   columns: int | None = WIDTH) -> str:
+    """`columns`: the terminal's width, which the service column may fill (None: not a
+    terminal, cut nothing)."""
     lines: list[str] = []
     names = ", ".join(s.files)
     lines.append(f"rsthound {command}: {names}")
@@ -65,7 +69,7 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze") -> str:
                 clock(svc.first) if svc.failures else "-",
                 clock(svc.last) if svc.failures else "-",
             ])
-        lines.extend(_table(rows))
+        lines.extend(_table(rows, columns))
     if failing:
         more = len(failing) - len(ranked)
         if more > 0:
@@ -101,10 +105,11 @@ def _top_counts(c: Counter[str], n: int) -> str:
     return text + (", ..." if len(items) > n else "")
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def _table(rows: list[list[str]], width: int | None = WIDTH) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    room = WIDTH - sum(widths[1:]) - (len(widths) - 1)
-    widths[0] = max(12, min(widths[0], room))
+    if width is not None:  # the first column (services) gives way, never below 12
+        room = max(width, WIDTH) - sum(widths[1:]) - (len(widths) - 1)
+        widths[0] = max(12, min(widths[0], room))
     out = []
     for r in rows:
         cells = [_elide(r[0], widths[0]).ljust(widths[0])]
@@ -142,12 +147,12 @@ def _ep(host: str, port: int) -> str:
     return f"{host}.{port}"
 
 
-def render_reset(r: Reset) -> str:
+def render_reset(r: Reset, when: Callable[[float], str] = micro_clock) -> str:
     """One reset, tcpdump style, then its kind and who sent it."""
     ip = "IP6" if ":" in r.src else "IP"
     where = f"{r.iface} " if r.iface else ""
     return (
-        f"{clock(r.ts, micros=True)} {where}{ip} {_ep(r.src, r.sport)} > {_ep(r.dst, r.dport)}: "
+        f"{when(r.ts)} {where}{ip} {_ep(r.src, r.sport)} > {_ep(r.dst, r.dport)}: "
         f"Flags [{flag_text(r.flags)}], seq {r.seq}, ack {r.ack}, ttl {r.ttl}  "
         f"{r.kind.value} by {'client' if r.sent_by == 'orig' else 'server'}"
     )
@@ -177,11 +182,11 @@ CONN_HEADER = (
 )
 
 
-def render_conn(c: Conn) -> str:
+def render_conn(c: Conn, when: Callable[[float], str] = micro_clock) -> str:
     """One connection, like a line of Zeek's conn.log, narrowed."""
     orig = endpoint(c.orig_h, c.orig_p)
     return (
-        f"{clock(c.ts, micros=True)} {orig:<28} {c.service:<22} {c.conn_state:<6} "
+        f"{when(c.ts)} {orig:<28} {c.service:<22} {c.conn_state:<6} "
         f"{c.history:<10} {c.orig_pkts}/{c.resp_pkts} {c.orig_bytes}/{c.resp_bytes} "
         f"{c.failure.value if c.failure else '-'}"
     )

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsthound.errors import BadInput, NeedPrivilege, NotSupported
+from rsthound.errors import BadInput, NeedPrivilege, NotSupported, RstHoundError
 from rsthound.formats.inet import syn_segment
 from rsthound.formats.records import Interface, RecordBatch
+from rsthound.sources.procfs import in_netns
 from rsthound.textforms import printable
 
 LINUX_SLL2 = 276
@@ -58,13 +59,14 @@ class LiveCapture:
 
     def __init__(self, iface: str = "any", expression: str | None = None,
                  snaplen: int = DEFAULT_SNAPLEN, buffer_mb: int = 32,
-                 write: str | None = None) -> None:
+                 write: str | None = None, ns_path: str | None = None) -> None:
         try:
             import cypcap
         except ImportError as e:  # pragma: no cover - the wheel is a dependency
             raise NotSupported(f"live capture needs libpcap through cypcap ({e})") from None
         self._cypcap = cypcap
         self.iface = iface
+        self.ns_path = ns_path  # the namespace it captures in, for interface names
         self.captured = 0
         self._dumper = None
         self.filter = CONTROL if not expression else f"({CONTROL}) and ({expression})"
@@ -135,11 +137,17 @@ class LiveCapture:
             self._cypcap.Pkthdr(ts=0.0, caplen=len(pkt), len=len(pkt)), pkt))
 
     def ifname(self, ifindex: int) -> str | None:
-        """This host's name for an interface index (SLL2 carries the index)."""
+        """The name of an interface index (SLL2 carries the index) in the namespace
+        captured (`ns_path`), where the same index may name another interface than here."""
         if ifindex not in self._names:
+            def name() -> str | None:
+                try:
+                    return printable(socket.if_indextoname(ifindex))
+                except OSError:
+                    return None
             try:
-                self._names[ifindex] = printable(socket.if_indextoname(ifindex))
-            except OSError:
+                self._names[ifindex] = in_netns(self.ns_path, name) if self.ns_path else name()
+            except RstHoundError:  # the namespace is gone
                 self._names[ifindex] = None
         return self._names[ifindex]
 
