@@ -192,3 +192,12 @@ def test_help_names_every_cause(cli, capsys):
     cli("diagnose", "--help")
     out = " ".join(capsys.readouterr().out.split())
     assert [c.value for c in Cause if c.value not in out] == []
+
+
+def test_connects_still_pending_are_said_apart():
+    from rsthound.report.diagnosis import diagnosis_obj, render_diagnosis
+
+    f = facts(refusal(1000.5), pending=3)
+    found = diagnose(f)
+    assert "3 connects still waiting for an answer" in render_diagnosis("box", f, found)
+    assert diagnosis_obj("box", f, found)["pending_connects"] == 3

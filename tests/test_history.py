@@ -301,3 +301,13 @@ def test_watch_keeps_alerting_when_the_store_fails(netns, tmp_path):
     said = [ln for ln in err.splitlines() if "history:" in ln]
     assert len(said) == 1 and "cannot write" in said[0] and "alerts go on" in said[0], err
     assert '"event":"alert"' in out and "failed-connections" in out, out
+
+
+def test_an_alert_open_when_watch_stopped_ends_where_watching_did():
+    """watch stopped during an alert (no clear): the alert row stops with the watched time
+    instead of running on across time nobody watched."""
+    pts = [Point(round((NOW + i) * MS), MS, 5 if i >= 20 else 0) for i in range(30)]
+    events = [obj(event("alert", "warn", NOW + 22, NOW + 20))]
+    text = render_history(BY_NAME[FAILS], "this host", NOW, NOW + 60, pts, events, width=68)
+    marks = next(ln for ln in text.splitlines() if ln.startswith("alerts"))
+    assert marks[8:] == " " * 20 + "w" * 10, marks  # watched until 30 s, not 60

@@ -284,3 +284,46 @@ def test_diagnose_netns_names_the_namespaces_own_interfaces(netns_factory):
     top = json.loads(r.stdout)["findings"][0]
     assert top["service"] == "10.77.0.2:7300", r.stdout
     assert all(" rh0 IP " in e for e in top["evidence"] if "Flags" in e), top["evidence"]
+
+
+def test_a_burst_is_a_count_not_a_rate(cli, tmp_path):
+    """18 refusals within 0.2 ms: no "84582.6/s", no "from 22:46:14 to 22:46:14"."""
+    from packets import pcap_bytes, tcp_packet
+    from rsthound.formats.inet import ACK, RST, SYN
+
+    pkts = []
+    for i in range(18):
+        t = 1_700_000_000.0 + i * 0.00001
+        pkts += [(t, tcp_packet("10.0.0.1", 40000 + i, "10.0.0.2", 8086, SYN)),
+                 (t + 0.000005, tcp_packet("10.0.0.2", 8086, "10.0.0.1", 40000 + i,
+                                           RST | ACK, 0, 1))]
+    f = tmp_path / "burst.pcap"
+    f.write_bytes(pcap_bytes(pkts))
+    out = cli("analyze", f).out
+    assert "18 in 0.2 ms at 22:13:20" in " ".join(out.split()), out
+    row = next(ln for ln in out.splitlines() if ln.startswith("10.0.0.2:8086"))
+    assert "18 in 0.2 ms" in row and "/s" not in row, row
+    assert "refused 18 connections (in 0.2 ms)" in " ".join(out.split())
+
+
+@pytest.mark.kernel
+def test_diagnose_says_which_connects_were_still_pending(netns):
+    """Connects whose SYN is still unanswered when the window closes are neither failures
+    nor successes yet: counted apart, and said."""
+    netns.drop_syns(7500, 6)
+    client = subprocess.Popen(netns.argv(sys.executable, "-c", (
+        "import socket, threading, time\n"
+        "def knock():\n    s = socket.socket(); s.settimeout(30)\n"
+        "    try: s.connect(('127.0.0.1', 7500))\n    except OSError: pass\n"
+        "for _ in range(40):\n    threading.Thread(target=knock, daemon=True).start()\n"
+        "    time.sleep(0.5)\n")))
+    try:
+        time.sleep(0.5)
+        r = subprocess.run(netns.argv(sys.executable, "-m", "rsthound", "diagnose", "--json",
+                                      "--duration", "2"), capture_output=True, text=True,
+                           timeout=30)
+    finally:
+        client.kill()
+        client.wait()
+    report = json.loads(r.stdout)
+    assert report["pending_connects"] >= 1, report

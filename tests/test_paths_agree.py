@@ -82,7 +82,6 @@ def test_busy_summary_fits_80_columns(cli, generated):
     """On an 80-column terminal it fits; off a terminal only the service column may grow
     (nothing is cut there)."""
     from flowrun import run_batches
-
     from rsthound.report.text import render_summary
 
     _conns, _resets, a = run_batches(generated)

@@ -46,6 +46,19 @@ def rate(per_second: float) -> str:
     return f"{per_second * 3600:.1f}/h"
 
 
+def pace(n: int, span: float) -> str:
+    """How often n events came, `span` seconds from the first to the last: a rate (n events
+    at a steady pace make n - 1 intervals), unless there are too few of them, or too short
+    a span, for a rate to mean anything; then the count over the span.
+
+    >>> pace(16, 7.5), pace(18, 0.0002), pace(2, 5.0)
+    ('2.0/s', '18 in 0.2 ms', '2 in 5.0 s')
+    """
+    if n < 3 or span < 1:
+        return f"{n} in {span * 1000:.1f} ms" if span < 1 else f"{n} in {seconds(span)}"
+    return rate((n - 1) / span)
+
+
 def clock(ts: float, micros: bool = False) -> str:
     """A time of day, local time, 24 hours, as tcpdump prints it.
 

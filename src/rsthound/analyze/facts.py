@@ -57,6 +57,7 @@ class Facts:
     sysctl: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     traced: bool = False  # the kernel trace ran: `failed` is every failed connect
+    pending: int = 0  # connects still waiting for an answer when the window closed
     failed: list[FailedConnect] = field(default_factory=list)  # this namespace's, traced
     elsewhere: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # port -> in
     # other network namespaces, the listeners on it

@@ -173,6 +173,7 @@ class FlowTable:
         self.unanswered_only = unanswered_only
         self.flows: dict[bytes, Flow] = {}
         self.evicted = 0
+        self.pending = 0  # connections ended with a young SYN unanswered, neither way yet
         self.now = 0.0
         self._next_sweep = 0.0
         self._addrs: dict[bytes, str] = {}
@@ -438,6 +439,8 @@ class FlowTable:
             failure = ResetKind.TIMEOUT
         if state == "REJ":
             failure = ResetKind.REFUSED
+        if failure is None and state == "S0":
+            self.pending += 1  # a SYN still waiting for an answer: not a failure (yet)
         if self.unanswered_only and failure is not ResetKind.TIMEOUT:
             return  # (ICMP errors are told as they come)
         oh, op, rh, rp = flow.endpoints(self._addr)

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rsthound.model import Conn, Damage, Icmp, Reset, ResetKind
-from rsthound.textforms import endpoint, rate
+from rsthound.textforms import endpoint, rate, seconds
 
 FAILURES = (ResetKind.REFUSED, ResetKind.TIMEOUT, ResetKind.REJECTED, ResetKind.UNREACHABLE)
 ICMP = (ResetKind.REJECTED, ResetKind.UNREACHABLE)
@@ -184,7 +184,10 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
         refused = svc.failed["refused"]
         if refused:
             per_s, span = svc.rate()
-            pace = f" ({rate(per_s)} over {span:.0f} s)" if span else ""
+            n, gap = refused, svc.last - svc.first
+            pace = (f" ({rate(per_s)} over {span:.0f} s)" if n >= 3 and gap >= 1 else
+                    f" (in {gap * 1000:.1f} ms)" if n > 1 and gap < 1 else
+                    f" (over {seconds(gap)})" if n > 1 else "")
             tail = (
                 "nothing on that port ever answered" if not svc.answered
                 else f"it accepted {svc.answered} other connection"

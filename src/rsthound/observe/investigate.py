@@ -41,6 +41,7 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
             for batch in obs.batches(lambda: should_stop() or time.monotonic() >= end_mono):
                 sights.feed(batch)
             sights.close()  # connects still unanswered with SYNs sent again: timeouts
+            facts.pending = sights.analysis.table.pending
         else:
             while not should_stop() and time.monotonic() < end_mono:
                 time.sleep(min(0.1, max(0.0, end_mono - time.monotonic())))

@@ -29,6 +29,7 @@ def diagnosis_obj(host: str, facts: Facts, findings: list[Finding]) -> dict[str,
             "window": {"start": facts.start, "end": facts.end,
                        "seconds": round(facts.end - facts.start, 3)},
             "failed_connects": accounting(facts, findings),
+            "pending_connects": facts.pending,
             "findings": [finding_obj(x) for x in findings],
             "counters": facts.counters, "skipped": facts.skipped}
 
@@ -42,6 +43,9 @@ def render_diagnosis(host: str, facts: Facts, findings: list[Finding]) -> str:
         lines += _wrap(f"{n_of(got['total'], 'connect')} failed "
                        f"({'traced' if got['source'] == 'trace' else 'counted by the kernel'}"
                        f"), {got['explained']} explained below", "", "  ")
+    if facts.pending:
+        lines += _wrap(f"{n_of(facts.pending, 'connect')} still waiting for an answer when "
+                       "the window closed (neither failed nor done yet: not counted)", "", "  ")
     lines.append("")
     abnormal = [x for x in findings if x.abnormal]
     if not abnormal:

@@ -53,8 +53,9 @@ def columns(points: list[Point], since: float, until: float, count: int) -> list
 
 
 def _alert_marks(events: list[dict[str, Any]], since: float, until: float,
-                 count: int) -> str:
-    """Per column, the highest alert level active in it (w, E, C), or a blank."""
+                 count: int, watched: list[bool] | None = None) -> str:
+    """Per column, the highest alert level active in it (w, E, C), or a blank. Only columns
+    someone watched: an alert left open when watch stopped ends where watching did."""
     rank = [0] * count
     step = (until - since) / count
     open_: dict[str, tuple[float, str]] = {}
@@ -63,7 +64,8 @@ def _alert_marks(events: list[dict[str, Any]], since: float, until: float,
         lo = max(0, int((start - since) // step))
         hi = min(count - 1, int((min(end, until) - since) // step))
         for i in range(lo, hi + 1):
-            rank[i] = max(rank[i], LEVEL_RANK.get(level, 1))
+            if watched is None or watched[i]:
+                rank[i] = max(rank[i], LEVEL_RANK.get(level, 1))
 
     for e in events:
         ts, rule = _unix(e["ts"]), e["rule"]
@@ -117,7 +119,7 @@ def render_history(metric: Metric, label: str, since: float, until: float,
         lines.append((axis + "".join(cells)).rstrip())
     lines.append(f"{'0/s':>{AXIS - 2}} ┼" + "".join("─" if r is not None else "·" for r in rates))
     lines.append(" " * AXIS + _time_axis(since, until, count))
-    marks = _alert_marks(events, since, until, count)
+    marks = _alert_marks(events, since, until, count, [c.covered > 0 for c in cols])
     if marks.strip():
         lines.append(f"{'alerts':<{AXIS}}" + marks.rstrip())
     lines.append("")

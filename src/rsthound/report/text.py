@@ -8,7 +8,7 @@ from collections.abc import Callable
 from rsthound.analyze.summary import Summary, failure_series, findings
 from rsthound.formats.inet import flag_text
 from rsthound.model import Conn, Icmp, Reset
-from rsthound.textforms import clock, endpoint, micro_clock, rate, seconds, stamp
+from rsthound.textforms import clock, endpoint, micro_clock, pace, seconds, stamp
 
 SPARK = " ▁▂▃▄▅▆▇█"
 WIDTH = 80
@@ -35,14 +35,17 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze",
                    f"{fl['rst']:,} RST", head)
     lines += _wrap(f"conns     {s.conns:,} connections: " + _top_counts(s.states, 8), head)
     failed = s.failed_total()
-    per_s, _span = s.failure_rate()
-    pace = (f", {rate(per_s)} from\xa0{clock(s.fail_first)} to\xa0{clock(s.fail_last)}"
-            if per_s else "")
+    often = pace(failed, s.fail_last - s.fail_first)
+    if failed and clock(s.fail_first) == clock(s.fail_last):
+        pace_ = f", {often} at\xa0{clock(s.fail_first)}" if failed > 1 else ""
+    else:
+        pace_ = (f", {often} from\xa0{clock(s.fail_first)} to\xa0{clock(s.fail_last)}"
+                 if failed else "")
     icmp = s.failures["icmp-rejected"] + s.failures["icmp-unreachable"]
     lines += _wrap(
         f"failed    {failed:,} connections ({s.failures['refused']:,} refused, "
         f"{s.failures['timeout']:,} timed out"
-        + (f", {icmp:,} ended by ICMP" if icmp else "") + f"){pace}", head)
+        + (f", {icmp:,} ended by ICMP" if icmp else "") + f"){pace_}", head)
     resets = sum(s.resets.values())
     lines += _wrap(f"resets    {resets:,}" + (f": {_top_counts(s.resets, 6)}" if resets else ""),
                    head)
@@ -60,12 +63,13 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze",
                  "FIRST", "LAST"]]
         for svc in ranked:
             rate_s, _span = svc.rate()
+            often = pace(svc.failures, svc.last - svc.first) if rate_s else "-"
             rows.append([
                 svc.name, str(svc.failures), str(svc.failed["refused"]),
                 str(svc.failed["timeout"]),
                 str(sum(n for (kind, _by), n in svc.resets.items() if kind != "refused")),
                 f"{len(svc.clients)}{'+' if svc.clients_capped else ''}",
-                rate(rate_s) if rate_s else "-",
+                often,
                 clock(svc.first) if svc.failures else "-",
                 clock(svc.last) if svc.failures else "-",
             ])
