@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -246,6 +248,20 @@ def test_dashboard_in_chromium_shows_the_rate_the_alert_and_hostile_names_inert(
     peak = float(dom.split('data-max="', 1)[1].split('"', 1)[0])
     assert 2.0 <= peak <= 6.0, peak
     assert "failed TCP connections on" in dom and "no-listener" in dom
+    # the failures by service and by cause, from the always-on capture
+    by_service = dom.split('id="by-service"', 1)[1].split("</svg>", 1)[0]
+    assert 'data-name="127.0.0.1:7211"' in by_service, by_service[:1000]
+    by_cause = dom.split('id="by-cause"', 1)[1].split("</svg>", 1)[0]
+    assert 'data-name="no-listener"' in by_cause, by_cause[:1000]
+    # one form of time (24 hours), round axis steps, findings shown once as a table
+    assert " AM" not in dom and " PM" not in dom
+    ticks = [float(t.split(">", 1)[1].split("<", 1)[0])
+             for t in dom.split('class="tick"')[1:]]
+    step = ticks[1] - ticks[0]
+    assert ticks[0] == 0 and all(abs(b - a - step) < 1e-9 for a, b in pairwise(ticks))
+    assert step / 10 ** math.floor(math.log10(step)) in (1, 2, 2.5, 5), ticks
+    assert dom.count('class="findings"') == 1 and " | " not in dom
+    assert "failures since" in dom
     # the hostile command line is there, as text: escaped by the DOM, never an element
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom
     assert "<img" not in dom and dom.count("<script") == 1  # the page's own script only

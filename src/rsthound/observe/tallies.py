@@ -9,13 +9,14 @@ cause.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from rsthound.analyze.diagnosis import Facts, diagnose
 from rsthound.textforms import endpoint
 
 KEEP_SERVICES = 200  # services remembered for the dashboard (most failures first)
+KEEP_TICKS = 600  # the dashboard's charts: 10 minutes of ticks
 
 
 class Tallies:
@@ -25,6 +26,9 @@ class Tallies:
         self.resets: Counter[tuple[str, str, str]] = Counter()  # (kind, direction, label)
         self.services: dict[str, dict[str, Any]] = {}  # service -> what the dashboard shows
         self.labelled: set[str] = set()
+        # per tick: (end, seconds, [(cause, service label, failures)]), for the charts
+        self.timeline: deque[tuple[float, float, list[tuple[str, str, int]]]] = deque(
+            maxlen=KEEP_TICKS)
 
     def label(self, service: str) -> str:
         """The service's label value: itself for the first `top` services, then "other"."""
@@ -38,6 +42,7 @@ class Tallies:
     def add(self, facts: Facts) -> None:
         """One tick's facts (their addresses, rules and routes known)."""
         findings = diagnose(facts)
+        tick: Counter[tuple[str, str]] = Counter()
         for s in facts.seen:
             if s.sender is None:  # a timeout: no reset
                 continue
@@ -48,14 +53,19 @@ class Tallies:
                 continue
             service = x.service or "unknown"  # counted by the kernel, seen by nobody
             self.failed[(str(x.cause), self.label(service))] += x.count
+            tick[(str(x.cause), self.label(service))] += x.count
             s = self.services.setdefault(service, {"service": service, "count": 0})
             s.update(count=s["count"] + x.count, cause=x.cause, last=facts.end,
                      clients=x.clients or s.get("clients", []), fix=x.fix,
                      server=x.server or s.get("server"))
+        self.timeline.append((facts.end, facts.seconds,
+                              [(c, s, n) for (c, s), n in tick.items()]))
         if len(self.services) > KEEP_SERVICES:
             keep = sorted(self.services.values(), key=lambda s: -s["count"])[:KEEP_SERVICES]
             self.services = {s["service"]: s for s in keep}
 
     def snapshot(self) -> dict[str, Any]:
         return {"failed": dict(self.failed), "resets": dict(self.resets),
-                "services": sorted(self.services.values(), key=lambda s: -s["count"])}
+                "services": sorted(self.services.values(), key=lambda s: -s["count"]),
+                "timeline": [[end, secs, list(map(list, items))]
+                             for end, secs, items in self.timeline]}

@@ -41,6 +41,7 @@ class WatchState:
     def __init__(self, host: str, label: str, rules: tuple[Rule, ...], interval: float,
                  history: str | None) -> None:
         self.host, self.label, self.rules, self.interval = host, label, rules, interval
+        self.started = time.time()
         self.history = history
         self.monitor: Any = None
         self._lock = threading.Lock()
@@ -99,6 +100,10 @@ class WatchState:
             "series": {"Tcp.AttemptFails": self.series("Tcp.AttemptFails", time.time() - 600)},
             "active": active, "recent": events,
             "services": (monitor["services"][:20] if monitor else []),
+            "started": self.started,
+            # failures per tick from the always-on capture: [end, seconds, [[cause,
+            # service, n], ...]], for the charts by service and by cause
+            "timeline": (monitor["timeline"] if monitor else []),
             "capture": {"running": bool(monitor and monitor["running"]),
                         "error": monitor["error"] if monitor else "not started"},
             "listeners": self.listeners_now(),
