@@ -20,7 +20,7 @@ from rsthound.observe.sightings import Pairing, Sightings
 from rsthound.observe.tallies import Tallies
 from rsthound.sources.sockdiag import OwnerCache
 
-TICK = 1.0
+TICK = 0.5  # seconds of capture judged at once (and the lag of the traced count)
 FIREWALL_EVERY = 30.0  # seconds between reads of the nftables rules
 
 
@@ -98,12 +98,12 @@ class Monitor:
             if now - start < TICK:
                 continue
             after, now_listening = obs.counter_values(), owners.fill(obs.listening())
-            seen = sights.take()
+            seen, failed = sights.take(), obs.failed_connects()
+            self.failed_connects += len(failed)  # as the trace tells them: alerts wait not
             facts = Facts(start, now, seen, captured=True,
                           listeners_before=listening, listeners=now_listening,
                           counters=increases(before, after), traced=obs.traced,
-                          failed=pairing.pair(seen, obs.failed_connects(), now))
-            self.failed_connects += len(facts.failed)
+                          failed=pairing.pair(seen, failed, now))
             ctx.network(facts)
             with self._lock:
                 self.recent.append(facts)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from rsthound.analyze.summary import Summary, failure_series, findings
 from rsthound.formats.inet import flag_text
 from rsthound.model import Conn, Icmp, Reset
-from rsthound.textforms import clock, endpoint, micro_clock, pace, seconds, stamp
+from rsthound.textforms import clock, endpoint, micro_clock, pace, rate, seconds, stamp
 
 SPARK = " ▁▂▃▄▅▆▇█"
 WIDTH = 80
@@ -63,7 +63,9 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze",
                  "FIRST", "LAST"]]
         for svc in ranked:
             rate_s, _span = svc.rate()
-            often = pace(svc.failures, svc.last - svc.first) if rate_s else "-"
+            # too few, or too close together, for a rate: FAILED, FIRST and LAST say it
+            often = rate(rate_s) if rate_s and svc.failures >= 3 and (
+                svc.last - svc.first >= 1) else "-"
             rows.append([
                 svc.name, str(svc.failures), str(svc.failed["refused"]),
                 str(svc.failed["timeout"]),
