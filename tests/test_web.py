@@ -162,6 +162,10 @@ def test_metrics_parse_back_and_name_the_failing_service(netns, tmp_path):
     assert 2.0 <= max(rates) <= 6.0, rates
     points = json.loads(get(port, "/api/series?metric=Tcp.OutRsts"))["points"]
     assert points and max(r for _, r in points) >= 2.0
+    with pytest.raises(urllib.error.HTTPError) as bad:  # not 200 with nothing in it
+        get(port, "/api/series?metric=Bogus")
+    assert bad.value.code == 404
+    assert "Tcp.AttemptFails" in json.loads(bad.value.read())["known"]
 
 
 @pytest.mark.kernel
