@@ -24,13 +24,8 @@ def rejected(finding: Finding, seen: list[Seen], f: Facts) -> None:
         rules = _rules(f, port, "reject", ("input", None)) if f.local.get(addr) else []
         finding.why = (f"{addr} answers the SYNs with ICMP {code}: a firewall rule there "
                        "rejects them (REJECT's default answer: an ICMP error, no reset)")
-        if rules:
-            finding.why += f" ({rules[0].text})"
-            finding.evidence += [r.describe() for r in rules]
-            finding.fix = _remove(rules[0])
-        else:
-            finding.fix = (f"open port {port} in the firewall of {addr} (nft list ruleset; "
-                           "iptables -S), or point the client at the right service")
+        _quote(finding, rules, f"open port {port} in the firewall of {addr} (nft list "
+               "ruleset; iptables -S), or point the client at the right service")
     else:
         finding.why = (f"a router on the way, {sender}, answers the SYNs with ICMP {code}: "
                        f"its firewall rejects connects to {finding.service}")
@@ -87,12 +82,8 @@ def output_reject(finding: Finding, f: Facts) -> None:
     finding.why = ("the SYNs never left this host: a firewall rule in its output path "
                    "rejects them, and the reset comes from netfilter, not from a TCP "
                    "(Tcp.OutRsts does not count it)")
-    if rules:
-        finding.why += f" ({rules[0].text})"
-        finding.evidence += [r.describe() for r in rules]
-        finding.fix = _remove(rules[0])
-    else:
-        finding.fix = "find the output rule that rejects them: nft list ruleset; iptables -S"
+    _quote(finding, rules, "find the output rule that rejects them: nft list ruleset; "
+           "iptables -S")
     counter_evidence(finding, f, ("Tcp.AttemptFails", "Tcp.OutRsts"))
 
 
@@ -159,6 +150,16 @@ def _rules(f: Facts, port: int, verdict: str, hooks: tuple[str | None, ...]
            ) -> list[FirewallRule]:
     return [r for r in f.firewall or () if r.verdict == verdict and r.hook in hooks
             and r.matches(port)]
+
+
+def _quote(finding: Finding, rules: list[FirewallRule], otherwise: str) -> None:
+    """The rule that does it, in why, evidence and fix; else what to look for."""
+    if rules:
+        finding.why += f" ({rules[0].text})"
+        finding.evidence += [r.describe() for r in rules]
+        finding.fix = _remove(rules[0])
+    else:
+        finding.fix = otherwise
 
 
 def _remove(r: FirewallRule) -> str:
