@@ -37,3 +37,45 @@ def test_systemd_accepts_the_unit(tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                        text=True)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def unit_values(key: str) -> set[str]:
+    """The words of a key of the unit (all its lines)."""
+    return {w for ln in UNIT.read_text().splitlines() if ln.startswith(f"{key}=")
+            for w in ln.split("=", 1)[1].split()}
+
+
+def doc_list(name: str) -> set[str]:
+    """A list of docs/privileges.md: '- NAME: WORD WORD ...'."""
+    doc = (Path(__file__).parent.parent / "docs" / "privileges.md").read_text()
+    line = next(ln for ln in doc.splitlines() if ln.startswith(f"- {name}: "))
+    return set(line.split(": ", 1)[1].split())
+
+
+def test_the_unit_grants_what_the_docs_list_and_nothing_more():
+    assert unit_values("CapabilityBoundingSet") == doc_list("capabilities")
+    assert unit_values("RestrictAddressFamilies") == doc_list("address families")
+    written = unit_values("ReadWritePaths") | {
+        f"/var/lib/{d}" for d in unit_values("StateDirectory")}
+    assert written == doc_list("paths written")
+    text = UNIT.read_text()
+    assert "AmbientCapabilities" not in text and "DynamicUser=yes" not in text
+    assert "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text
+
+
+def test_the_code_opens_no_address_family_the_unit_forbids():
+    """Every socket family the source names is allowed (AF_PACKET is libpcap's)."""
+    import re
+
+    src = Path(__file__).parent.parent / "src" / "rsthound"
+    used = {f"AF_{m}" for p in src.rglob("*.py")
+            for m in re.findall(r"socket\.AF_([A-Z0-9]+)", p.read_text())}
+    assert used and used <= unit_values("RestrictAddressFamilies"), used
+
+
+def test_the_unit_runs_watch_as_its_own_user_with_the_evidence():
+    argv = exec_start()
+    args = build_parser().parse_args(argv[1:])
+    assert args.user == "rsthound" and not args.no_capture and not args.listen
+    sysusers = (UNIT.parent / "rsthound.sysusers").read_text()
+    assert any(ln.split()[:2] == ["u", "rsthound"] for ln in sysusers.splitlines())
