@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2 \
           prometheus-alertmanager:prometheus-alertmanager systemd-analyze:systemd \
           prometheus:prometheus promtool:prometheus chromium:chromium hey:hey \
-          tcpreplay:tcpreplay
+          tcpreplay:tcpreplay debootstrap:debootstrap systemd-nspawn:systemd-container
 
 .PHONY: run test setup debs lint man bench bench-watch bench-diagnose bench-web fuzz captures clean
 

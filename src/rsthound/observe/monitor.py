@@ -125,9 +125,10 @@ class Monitor:
             return Facts(start, time.time(), captured=self.running)
         merged = Facts(parts[0].start, parts[-1].end, captured=True,
                        listeners_before=parts[0].listeners_before,
-                       listeners=parts[-1].listeners)
+                       listeners=parts[-1].listeners, traced=parts[-1].traced)
         for f in parts:
             merged.seen += f.seen
+            merged.failed += f.failed
             for k, v in f.counters.items():
                 merged.counters[k] = merged.counters.get(k, 0) + v
         return merged

@@ -163,7 +163,13 @@ class Tracer:
     def _instance(self) -> str:
         # one per Tracer: watch's always-on capture and its investigations trace at once
         path = f"{self.root}/instances/rsthound-{os.getpid()}-{next(_serial)}"
-        os.mkdir(path)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            # not this process's (its serial numbers are new): left by an earlier one with
+            # the same pid, in a container whose pids start again at 1 each boot
+            _remove_instance(path)
+            os.mkdir(path)
         self.instances.append(path)
         return path
 
