@@ -58,7 +58,9 @@ def tie(f: Facts) -> list[Seen]:
                 # the error came while connect() held the socket: the kernel kept it as a
                 # soft error, which connect() returned, and no error report was traced
                 fc = fc._replace(errno=s.event.errno)
-            out[i] = dataclasses.replace(s, connect=fc, process=s.process or fc.process,
+            # the connect's own process (of this namespace) over the one its ports name,
+            # which the same ports in another namespace may have taken at the same time
+            out[i] = dataclasses.replace(s, connect=fc, process=fc.process or s.process,
                                          via=_via(s, f))
         else:
             # a reset the connect got although its SYN never reached the wire, and no TCP

@@ -20,7 +20,7 @@ from rsthound.metrics import BY_NAME
 from rsthound.model import Finding
 from rsthound.observe.context import Context
 from rsthound.observe.observation import Observation
-from rsthound.observe.sightings import Sightings
+from rsthound.observe.sightings import Sightings, ours
 from rsthound.sources.sockdiag import name_owners
 
 TRACE_LAG = 0.2  # the trace reader's events of the window's last packets are on their way
@@ -54,7 +54,7 @@ def collect(duration: float, netns: str | None = None, db: str | None = None,
         facts.listeners = obs.listening()
         facts.seen = sorted(sights.take(), key=lambda s: s.ts)
         facts.traced = obs.traced
-        facts.failed = [x for x in obs.failed_connects() if x.end >= start]
+        facts.failed = ours([x for x in obs.failed_connects() if x.end >= start], facts.seen)
     facts.skipped = [s.obj() for s in obs.skipped]
     name_owners(facts.listeners + facts.listeners_before, proc_root)
     Context(obs.ns_path, netns, db, proc_root=proc_root).explain(facts)

@@ -96,8 +96,11 @@ class Pairing:
         out, held = [], []
         for x in self._held + failed:
             k = key(x)
-            if k in keys or final or now - x.end >= HOLD:
+            if k in keys:
                 out.append(x)
+            elif final or now - x.end >= HOLD:
+                if known_here(x):  # alone, only where it is known to be this namespace's
+                    out.append(x)
             elif k not in self._taken:
                 held.append(x)
         self._held = held
@@ -107,3 +110,17 @@ class Pairing:
 def key(x: FailedConnect) -> tuple[tuple[str, int], tuple[str, int]]:
     """(client, server): as a sighting of the same connect has it."""
     return (x.src, x.sport), (x.dst, x.dport)
+
+
+def known_here(x: FailedConnect) -> bool:
+    """Whether a failed connect is known to be the observed namespace's: its process's
+    namespace was read (Observation kept only those of this namespace). Where it could not
+    be (watch as a user cannot read other users' /proc/PID/ns), only the capture can tell:
+    a connect with packets here is ours, one without may be another namespace's."""
+    return x.process is not None and x.process.netns is not None
+
+
+def ours(failed: list[FailedConnect], seen: list[Seen]) -> list[FailedConnect]:
+    """The failed connects known to be this namespace's, or that its capture saw."""
+    keys = {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
+    return [x for x in failed if known_here(x) or key(x) in keys]
