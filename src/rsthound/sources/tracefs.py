@@ -86,7 +86,6 @@ class Tracer:
         self._fails: OrderedDict[tuple[str, int, str, int], list] = OrderedDict()
         self._errors: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._noroute: OrderedDict[tuple[int, str, int], float] = OrderedDict()
-        self.failed_seen = 0  # failed connects traced so far
         self._clock = 0.0  # wall minus trace clock (s); 0: the trace has no usable clock
         self._ports: OrderedDict[tuple[int, int], Process] = OrderedDict()
         self._reasons: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
@@ -253,7 +252,6 @@ class Tracer:
         key = _tuple(fmt, rec)
         entry = [start, end, *key, proc, self._errors.pop(key, None)]
         self._failed.append(entry)
-        self.failed_seen += 1
         if entry[7] is None:
             _remember(self._fails, key, entry)
 
@@ -285,7 +283,6 @@ class Tracer:
         proc = self._process(pid, "<...>")
         with self._lock:
             self._failed.append([when, when, "0.0.0.0", 0, dst, dport, proc, name])
-            self.failed_seen += 1
 
     def failed(self, until: float = float("inf")) -> list[FailedConnect]:
         """The failed connects that ended before `until` (wall time), not taken yet."""
