@@ -65,6 +65,12 @@ def test_a_filter_expression_on_files_as_tcpdump_takes_it(cli):
     assert cli("analyze", "--json", f, "tcp[tcpflags] & tcp-rst != 0").json()["packets"] == 0
     # ip6 and tcp flags, in tcpdump's own syntax: the two resets
     assert cli("analyze", "--json", f, "ip6[53] & 4 != 0").json()["packets"] == 2
+    # every link type of the golden files, raw IP and Linux cooked ones included; tagged
+    # frames want `vlan and`, as in tcpdump
+    for name, expr in (("raw_ip.pcap", "port 7211"), ("any_sll.pcap", "port 7211"),
+                       ("any_sll2.pcap", "port 7211"), ("vlan.pcap", "vlan and port 7211")):
+        r = cli("analyze", "--json", DATA / name, *expr.split())
+        assert r.code == 0 and r.json()["connections"] == 1, (name, r.err)
 
 
 def test_errors_come_before_the_start_up_line(cli, tmp_path):

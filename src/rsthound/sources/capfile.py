@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from rsthound.errors import BadInput
+from rsthound.formats import linktypes as lt
 from rsthound.formats.pcap import is_pcap, read_pcap
 from rsthound.formats.pcapng import is_pcapng, read_pcapng
 from rsthound.formats.records import RecordBatch
@@ -96,26 +97,32 @@ def _open_error(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-class PacketFilter:
-    """A tcpdump filter expression over records read from files: libpcap compiles it once per
-    link type, and runs it on each packet (in Python's loop: a filter costs about a
-    microsecond a packet)."""
+# A file's link type (LINKTYPE_*) where libpcap's compiler wants another number (DLT_*)
+DLT_OF = {lt.RAW: 12}  # LINKTYPE_RAW is DLT_RAW (12) on Linux
 
-    def __init__(self, expression: str) -> None:
+
+class PacketFilter:
+    """A tcpdump filter expression over packets that are not captured live (records read
+    from files, a SYN made up for a connect the trace saw): libpcap compiles it once per
+    link type, and runs it on each packet (in Python's loop: about a microsecond a
+    packet)."""
+
+    def __init__(self, expression: str, check: bool = True) -> None:
         import cypcap
 
         self._cypcap = cypcap
         self.expression = expression
         self._programs: dict[int, object] = {}
-        self.program(1)  # Ethernet: a bad expression is said before any file is read
+        if check:  # on Ethernet: a bad expression is said before any file is read
+            self.program(lt.EN10MB)
 
     def program(self, linktype: int) -> Any:
         prog = self._programs.get(linktype)
         if prog is None:
             c = self._cypcap
             try:
-                prog = c.compile(c.DatalinkType(linktype), 262144, self.expression, True,
-                                 c.NETMASK_UNKNOWN)
+                prog = c.compile(DLT_OF.get(linktype, linktype), 262144, self.expression,
+                                 True, c.NETMASK_UNKNOWN)
             except (c.Error, ValueError) as e:
                 msg = e.args[-1] if e.args else e
                 raise BadInput(f"not a filter expression libpcap accepts: {msg}",
@@ -123,15 +130,19 @@ class PacketFilter:
             self._programs[linktype] = prog
         return prog
 
+    def takes(self, linktype: int, packet: bytes, wirelen: int | None = None) -> bool:
+        """Whether the expression takes this packet (of this link type)."""
+        hdr = self._cypcap.Pkthdr(ts=0.0, caplen=len(packet),
+                                  len=len(packet) if wirelen is None else wirelen)
+        return bool(self.program(linktype).offline_filter(hdr, packet))
+
     def batch(self, b: RecordBatch) -> RecordBatch:
         """The records of `b` the expression takes."""
         if not len(b):
             return b
-        progs = [self.program(i.linktype) for i in b.interfaces]
-        hdr = self._cypcap.Pkthdr
         keep = np.fromiter(
-            (progs[int(b.iface[i])].offline_filter(
-                hdr(ts=0.0, caplen=int(b.caplen[i]), len=int(b.wirelen[i])), b.packet(i))
-             for i in range(len(b))), dtype=bool, count=len(b))
+            (self.takes(b.interfaces[int(b.iface[i])].linktype, b.packet(i),
+                        int(b.wirelen[i])) for i in range(len(b))),
+            dtype=bool, count=len(b))
         return RecordBatch(b.buf, b.data_off[keep], b.caplen[keep], b.wirelen[keep], b.ts[keep],
                            b.iface[keep], b.interfaces, b.rec_off[keep])

@@ -20,7 +20,9 @@ import numpy as np
 
 from rsthound.errors import BadInput, NeedPrivilege, NotSupported, RstHoundError
 from rsthound.formats.inet import syn_segment
+from rsthound.formats.linktypes import RAW as LINKTYPE_RAW
 from rsthound.formats.records import Interface, RecordBatch
+from rsthound.sources.capfile import PacketFilter
 from rsthound.sources.procfs import in_netns
 from rsthound.textforms import printable
 
@@ -111,11 +113,8 @@ class LiveCapture:
                 self.close()
                 raise BadInput(f"cannot write the capture: {_message(e)}", write) from None
         self._names: dict[int, str | None] = {}
-        self._select = None  # the expression alone, for packets that start at IP
-        if expression:
-            with contextlib.suppress(cypcap.Error):
-                self._select = cypcap.compile(cypcap.DatalinkType.RAW, snaplen, expression,
-                                              True, cypcap.NETMASK_UNKNOWN)
+        # the expression alone, for packets that start at IP (compiled when first asked)
+        self._select = PacketFilter(expression, check=False) if expression else None
 
     def _explain(self, e: Exception) -> Exception:
         code = getattr(e, "code", None)
@@ -132,9 +131,11 @@ class LiveCapture:
         for a connect the trace saw and the wire did not. True without an expression."""
         if self._select is None:
             return True
-        pkt = syn_segment(src, sport, dst, dport)
-        return bool(self._select.offline_filter(
-            self._cypcap.Pkthdr(ts=0.0, caplen=len(pkt), len=len(pkt)), pkt))
+        try:
+            return self._select.takes(LINKTYPE_RAW, syn_segment(src, sport, dst, dport))
+        except BadInput:  # an expression only a link layer gives a meaning: all of them
+            self._select = None
+            return True
 
     def ifname(self, ifindex: int) -> str | None:
         """The name of an interface index (SLL2 carries the index) in the namespace
