@@ -327,6 +327,11 @@ class FailedConnect(NamedTuple):
     def service(self) -> str:
         return endpoint(self.dst, self.dport)
 
+    @property
+    def pair(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(client, server), as a sighting of the same connect has them."""
+        return (self.src, self.sport), (self.dst, self.dport)
+
     def ending(self) -> str:
         """How it ended, in words: "ECONNREFUSED after 0.001 s"."""
         if self.errno is None:

@@ -43,7 +43,7 @@ def tie(f: Facts) -> list[Seen]:
     tied: set[tuple] = set()
     extra = []
     for fc in sorted(f.failed, key=lambda x: x.end):
-        key = ((fc.src, fc.sport), (fc.dst, fc.dport))
+        key = fc.pair
         i = _first(direct[key], taken)
         if i is None:
             i = _first(reverse[key], taken)

@@ -16,7 +16,7 @@ from rsthound.analyze.rates import increase
 from rsthound.commands import Exit, options
 from rsthound.model import FailedConnect, Icmp, Reset, ResetKind
 from rsthound.observe.observation import Observation
-from rsthound.observe.sightings import Pairing, Sightings, key
+from rsthound.observe.sightings import Pairing, Sightings, both_ways
 from rsthound.report import jsonout, text
 from rsthound.textforms import clock
 
@@ -134,10 +134,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             told = sights.take(until)
             # connects the trace saw fail that no line told: no route, no neighbour, a
             # program that gave up on its SYNs before they counted as a timeout
-            shown = {k for s in told for k in ((s.client, s.server), (s.server, s.client))}
+            shown = both_ways(told)
             told += [alone(x) for x in pairing.pair(told, obs.failed_connects(), time.time(),
                                                     final)
-                     if key(x) not in shown and obs.live is not None
+                     if x.pair not in shown and obs.live is not None
                      and obs.live.selects(x.src, x.sport, x.dst, x.dport)]
             if not live_view:
                 for s in told:

@@ -120,6 +120,7 @@ class Context:
         except OSError:
             return []
         found = []
+        names = self.names()
         for inode, pid in other_namespaces(self.proc_root, here).items():
             try:
                 with ListenerReader(f"{self.proc_root}/{pid}/ns/net") as reader:
@@ -129,7 +130,7 @@ class Context:
             for x in name_owners(mine, self.proc_root):
                 p = x.process
                 found.append({"endpoint": x.endpoint, "netns": inode,
-                              "namespace": self.names().get(inode),
+                              "namespace": names.get(inode),
                               "pid": p.pid if p else None, "comm": p.comm if p else None,
                               "container": p.container if p else None,
                               "unit": p.unit if p else None})

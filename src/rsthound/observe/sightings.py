@@ -87,7 +87,7 @@ class Pairing:
     def pair(self, seen: list[Seen], failed: list[FailedConnect], now: float,
              final: bool = False) -> list[FailedConnect]:
         """The failed connects to judge with `seen` now (`final`: hold none back)."""
-        keys = {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
+        keys = both_ways(seen)
         for k in keys:
             self._taken[k] = now
             self._taken.move_to_end(k)
@@ -95,7 +95,7 @@ class Pairing:
             self._taken.popitem(last=False)
         out, held = [], []
         for x in self._held + failed:
-            k = key(x)
+            k = x.pair
             if k in keys:
                 out.append(x)
             elif final or now - x.end >= HOLD:
@@ -107,9 +107,10 @@ class Pairing:
         return out
 
 
-def key(x: FailedConnect) -> tuple[tuple[str, int], tuple[str, int]]:
-    """(client, server): as a sighting of the same connect has it."""
-    return (x.src, x.sport), (x.dst, x.dport)
+def both_ways(seen: list[Seen]) -> set[tuple[tuple[str, int], tuple[str, int]]]:
+    """The (client, server) pairs of these sightings, each also turned round: which side
+    of a reset for a connection never seen opening is the client is a guess."""
+    return {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
 
 
 def known_here(x: FailedConnect) -> bool:
@@ -122,5 +123,5 @@ def known_here(x: FailedConnect) -> bool:
 
 def ours(failed: list[FailedConnect], seen: list[Seen]) -> list[FailedConnect]:
     """The failed connects known to be this namespace's, or that its capture saw."""
-    keys = {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
-    return [x for x in failed if known_here(x) or key(x) in keys]
+    keys = both_ways(seen)
+    return [x for x in failed if known_here(x) or x.pair in keys]
