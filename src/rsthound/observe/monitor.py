@@ -54,9 +54,10 @@ class Monitor:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, timeline: bool = False) -> dict[str, Any]:
         with self._lock:
-            return self.tallies.snapshot() | {"running": self.running, "error": self.error}
+            return self.tallies.snapshot(timeline) | {"running": self.running,
+                                                      "error": self.error}
 
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:

@@ -64,8 +64,12 @@ class Tallies:
             keep = sorted(self.services.values(), key=lambda s: -s["count"])[:KEEP_SERVICES]
             self.services = {s["service"]: s for s in keep}
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"failed": dict(self.failed), "resets": dict(self.resets),
-                "services": sorted(self.services.values(), key=lambda s: -s["count"]),
-                "timeline": [[end, secs, list(map(list, items))]
-                             for end, secs, items in self.timeline]}
+    def snapshot(self, timeline: bool = False) -> dict[str, Any]:
+        """The counts (for /metrics), and with `timeline` the ticks the dashboard draws."""
+        out: dict[str, Any] = {
+            "failed": dict(self.failed), "resets": dict(self.resets),
+            "services": sorted(self.services.values(), key=lambda s: -s["count"])}
+        if timeline:
+            out["timeline"] = [[end, secs, list(map(list, items))]
+                               for end, secs, items in self.timeline]
+        return out

@@ -88,7 +88,7 @@ class WatchState:
                     for w, dt, inc in self._samples if w > since and dt > 0]
 
     def status(self) -> dict[str, Any]:
-        monitor = self.monitor.snapshot() if self.monitor else None
+        monitor = self.monitor.snapshot(timeline=True) if self.monitor else None
         with self._lock:
             active = list(self._active.values())
             events = list(self._events)[::-1]
