@@ -46,6 +46,12 @@ def rate(per_second: float) -> str:
     return f"{per_second * 3600:.1f}/h"
 
 
+def steady(n: int, span: float) -> bool:
+    """Whether n events over `span` seconds make a rate worth giving: 3 at least, over a
+    second at least (else a count over the span says more)."""
+    return n >= 3 and span >= 1
+
+
 def pace(n: int, span: float) -> str:
     """How often n events came, `span` seconds from the first to the last: a rate (n events
     at a steady pace make n - 1 intervals), unless there are too few of them, or too short
@@ -54,7 +60,7 @@ def pace(n: int, span: float) -> str:
     >>> pace(16, 7.5), pace(18, 0.0002), pace(2, 5.0)
     ('2.0/s', '18 in 0.2 ms', '2 in 5.0 s')
     """
-    if n < 3 or span < 1:
+    if not steady(n, span):
         return f"{n} in {span * 1000:.1f} ms" if span < 1 else f"{n} in {seconds(span)}"
     return rate((n - 1) / span)
 

@@ -10,8 +10,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from rsthound.analyze.evidence import n_of
 from rsthound.model import Conn, Damage, Icmp, Reset, ResetKind
-from rsthound.textforms import endpoint, rate, seconds
+from rsthound.textforms import endpoint, rate, seconds, steady
 
 FAILURES = (ResetKind.REFUSED, ResetKind.TIMEOUT, ResetKind.REJECTED, ResetKind.UNREACHABLE)
 ICMP = (ResetKind.REJECTED, ResetKind.UNREACHABLE)
@@ -185,7 +186,7 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
         if refused:
             per_s, span = svc.rate()
             n, gap = refused, svc.last - svc.first
-            pace = (f" ({rate(per_s)} over {span:.0f} s)" if n >= 3 and gap >= 1 else
+            pace = (f" ({rate(per_s)} over {span:.0f} s)" if steady(n, gap) else
                     f" (in {gap * 1000:.1f} ms)" if n > 1 and gap < 1 else
                     f" (over {seconds(gap)})" if n > 1 else "")
             tail = (
@@ -193,20 +194,20 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
                 else f"it accepted {svc.answered} other connection"
                 + ("" if svc.answered == 1 else "s")
             )
-            out.append(f"{svc.name} refused {_n(refused, 'connection')}{pace} from {clients}; "
+            out.append(f"{svc.name} refused {n_of(refused, 'connection')}{pace} from {clients}; "
                        f"{tail}.")
         for kind, what in (("icmp-rejected", "rejected by an ICMP error (a firewall's REJECT: "
                             "port unreachable or prohibited)"),
                            ("icmp-unreachable", "ended by an ICMP host or net unreachable")):
             if svc.failed[kind]:
                 by = f" from {svc.icmp_from}" if svc.icmp_from else ""
-                out.append(f"{svc.name}: {_n(svc.failed[kind], 'connection attempt')} "
+                out.append(f"{svc.name}: {n_of(svc.failed[kind], 'connection attempt')} "
                            f"{what}{by}, from {clients}.")
         timeouts = svc.failed["timeout"]
         if timeouts:
             out.append(
-                f"{svc.name}: {_n(timeouts, 'connection attempt')} timed out from {clients} "
-                f"({_n(svc.syn_retrans, 'SYN retransmission')}, no answer at all): a firewall "
+                f"{svc.name}: {n_of(timeouts, 'connection attempt')} timed out from {clients} "
+                f"({n_of(svc.syn_retrans, 'SYN retransmission')}, no answer at all): a firewall "
                 "that drops, a host that is down, or a full listen queue."
             )
         for (kind, by), n in sorted(svc.resets.items(), key=lambda kv: -kv[1]):
@@ -214,17 +215,13 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
                 continue
             who = "the client" if by == "orig" else "the server"
             text = {
-                "abort": f"{_n(n, 'connection')} aborted by {who} (RST on an open connection)",
-                "after-close": f"{_n(n, 'reset')} from {who} after a FIN: one side closed "
+                "abort": f"{n_of(n, 'connection')} aborted by {who} (RST on an open connection)",
+                "after-close": f"{n_of(n, 'reset')} from {who} after a FIN: one side closed "
                 "with data unread, or data arrived after close",
-                "stray": f"{_n(n, 'reset')} from {who} for connections never seen opening "
+                "stray": f"{n_of(n, 'reset')} from {who} for connections never seen opening "
                 "(the capture started late, or backscatter)",
-                "injected?": f"{_n(n, 'reset')} claiming to come from {who} whose TTL or IP ID "
+                "injected?": f"{n_of(n, 'reset')} claiming to come from {who} whose TTL or IP ID "
                 "does not fit its other packets: possibly injected by a middlebox",
             }[kind]
             out.append(f"{svc.name}: {text}.")
     return out[:limit]
-
-
-def _n(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")

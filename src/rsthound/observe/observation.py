@@ -9,7 +9,6 @@ through this class; nothing else opens a capture or a tracer.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -146,12 +145,12 @@ class Observation:
         proc = t.process(client[1], server[1]) or t.process(server[1], client[1])
         return proc, t.reason(event.src, event.sport, event.dst, event.dport)
 
-    def failed_connects(self, until: float = math.inf) -> list[FailedConnect]:
+    def failed_connects(self) -> list[FailedConnect]:
         """The connects of this namespace that failed (left SYN_SENT for CLOSE, or found no
-        route) before `until`, not taken yet; [] without the trace."""
+        route), not taken yet; [] without the trace."""
         if self.tracer is None:
             return []
-        return [x for x in self.tracer.failed(until) if x.process is None
+        return [x for x in self.tracer.failed() if x.process is None
                 or x.process.netns is None or self.ns_inode is None
                 or x.process.netns == self.ns_inode]
 

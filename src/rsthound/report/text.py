@@ -8,7 +8,16 @@ from collections.abc import Callable
 from rsthound.analyze.summary import Summary, failure_series, findings
 from rsthound.formats.inet import flag_text
 from rsthound.model import Conn, Icmp, Reset
-from rsthound.textforms import clock, endpoint, micro_clock, pace, rate, seconds, stamp
+from rsthound.textforms import (
+    clock,
+    endpoint,
+    micro_clock,
+    pace,
+    rate,
+    seconds,
+    stamp,
+    steady,
+)
 
 SPARK = " ▁▂▃▄▅▆▇█"
 WIDTH = 80
@@ -64,8 +73,8 @@ def render_summary(s: Summary, top: int = 10, command: str = "analyze",
         for svc in ranked:
             rate_s, _span = svc.rate()
             # too few, or too close together, for a rate: FAILED, FIRST and LAST say it
-            often = rate(rate_s) if rate_s and svc.failures >= 3 and (
-                svc.last - svc.first >= 1) else "-"
+            often = rate(rate_s) if rate_s and steady(svc.failures,
+                                                      svc.last - svc.first) else "-"
             rows.append([
                 svc.name, str(svc.failures), str(svc.failed["refused"]),
                 str(svc.failed["timeout"]),

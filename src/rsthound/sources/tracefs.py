@@ -14,8 +14,8 @@ publishes, see formats/traceraw.py):
   process, addresses, how long it took, and the error `sock:inet_sk_error_report` gave its
   socket (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...; none: the program closed it).
 - A connect that fails before SYN_SENT for want of a route: `fib:fib_table_lookup` in the
-  caller's context, failing in the last table (the default one) or on an unreachable,
-  prohibit or blackhole route.
+  caller's context, missing in the main table (or the default one, looked in last with
+  policy rules), or on an unreachable, prohibit or blackhole route.
 
 Events are probed before use; the instance goes on close, and instances of rsthound
 processes that are gone are removed at start.
@@ -256,7 +256,7 @@ class Tracer:
             _remember(self._fails, key, entry)
 
     def _error(self, fmt: EventFormat, rec: memoryview) -> None:
-        err = -fmt.get(rec, "error") if fmt.get(rec, "error") < 0 else fmt.get(rec, "error")
+        err = abs(fmt.get(rec, "error"))  # positive (sk_err); negative on some kernels
         name = errno.errorcode.get(err, str(err))
         key = _tuple(fmt, rec)
         with self._lock:
@@ -284,12 +284,11 @@ class Tracer:
         with self._lock:
             self._failed.append([when, when, "0.0.0.0", 0, dst, dport, proc, name])
 
-    def failed(self, until: float = float("inf")) -> list[FailedConnect]:
-        """The failed connects that ended before `until` (wall time), not taken yet."""
-        out = []
+    def failed(self) -> list[FailedConnect]:
+        """The failed connects not taken yet, oldest first."""
         with self._lock:
-            while self._failed and self._failed[0][1] <= until:
-                out.append(FailedConnect(*self._failed.popleft()))
+            out = [FailedConnect(*x) for x in self._failed]
+            self._failed.clear()
         return out
 
     def _process(self, pid: int, comm: str) -> Process:
