@@ -43,7 +43,7 @@ def analyze_file(path: str, analysis: Analysis,
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(
                 target=_helper, args=(path, analysis.selection, analysis.table.counts, q,
-                                      expression),
+                                      expression, analysis.quick),
                 name="rsthound-reader", daemon=True,
             )
             helper.start()
@@ -100,12 +100,12 @@ def _read(path: str, damages: list[Damage], expression: str | None) -> Iterator[
 
 
 def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue,
-            expression: str | None = None) -> None:
+            expression: str | None = None, quick: bool = False) -> None:
     damages: list[Damage] = []
     stats = DecodeStats()
     try:
         for batch in _read(path, damages, expression):
-            q.put(("batch", prepare(batch, selection, stats, counts)))
+            q.put(("batch", prepare(batch, selection, stats, counts, quick)))
         q.put(("end", (damages, stats)))
     except BadInput as e:
         q.put(("bad", (e.reason, e.path, e.offset)))

@@ -4,6 +4,10 @@
 For a decoded batch, `plan_batch` (numpy only, so it can run in another process) picks the
 packets that can change a connection's state and folds the rest (plain data and ACKs) into
 per-connection counts; `FlowTable.apply` then runs the per-packet code on the picked ones.
+When only a summary is wanted, `plan_batch` also finds the connections whose whole life in
+the batch has one of two plain shapes (`Quick`): those are counted together, with numpy,
+and the per-packet code never sees them unless the same four-tuple shows up again while
+the table would still hold it (then they are replayed through it, and counted as it says).
 Memory is bounded: connections idle longer than
 `idle_timeout` are finished, closed ones after `close_delay`, and past `max_conns` the
 least recently seen are evicted (and counted).
@@ -86,6 +90,44 @@ class Flow:
 _ROWS = ("flow", "epoch", "ctl", "a_is_src", "ts", "flags", "seq", "ack", "payload", "ip_len",
          "ttl", "ipid", "iface", "ifindex")
 _BULK = ("flow", "epoch", "a_is_src", "count", "ip_bytes", "seq_end", "ts")
+SF, REJ = 0, 1  # the shapes of a Quick connection
+_ENDS = ("orig_hi", "orig_lo", "resp_hi", "resp_lo", "resp_port")
+
+
+@dataclass
+class Quick:
+    """Connections whose whole life in one batch is a plain shape, told apart from the
+    rest by `plan_batch` with numpy alone. In summary-only mode, as `packet` would see
+    them (only control packets and each side's first packet count there):
+
+    - SF: a SYN alone, a SYN-ACK from the other side, then one FIN from each side (in
+      either order), and nothing else: both sides close, conn_state SF.
+    - REJ: a SYN alone, then a RST (no SYN, no FIN) from the other side as its first
+      packet: refused, conn_state REJ, and one reset of kind refused.
+
+    Every other shape, even a retransmitted FIN, goes through `packet`.
+    """
+
+    flow: np.ndarray  # flow number in the batch (index of Plan.keys)
+    kind: np.ndarray  # SF or REJ
+    start: np.ndarray  # time of the SYN
+    end: np.ndarray  # time of the last packet (the RST of a REJ)
+    orig_hi: np.ndarray  # the originator's address (the SYN's sender), as columns halves
+    orig_lo: np.ndarray
+    resp_hi: np.ndarray
+    resp_lo: np.ndarray
+    resp_port: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.flow)
+
+    def take(self, rows: np.ndarray) -> Quick:
+        return Quick(**{k: getattr(self, k)[rows] for k in self.__dataclass_fields__})
+
+    @staticmethod
+    def join(parts: list[Quick]) -> Quick:
+        return Quick(**{k: np.concatenate([getattr(p, k) for p in parts])
+                        for k in Quick.__dataclass_fields__})
 
 
 @dataclass
@@ -97,10 +139,12 @@ class Plan:
     rows: dict[str, np.ndarray]  # columns named in _ROWS
     keys: list[bytes]  # connection key of each flow number
     bulk: dict[str, np.ndarray] | None  # columns named in _BULK
+    quick: Quick | None = None  # plain connections (their rows are in `rows` too)
 
 
-def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
-    """Split a batch into the packets the state machine must see and foldable bulk."""
+def plan_batch(cols: TcpColumns, counts: bool, quick: bool = False) -> Plan:
+    """Split a batch into the packets the state machine must see and foldable bulk; with
+    `quick` (summary only, no `counts`), also find the plain connections (`Quick`)."""
     n = len(cols)
     flow = cols.flow
     ctl = (cols.flags & CTL) != 0
@@ -140,7 +184,59 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
         "flow": flow[rows], "epoch": epoch[rows], "ctl": ctl[rows],
         **{k: getattr(cols, k)[rows] for k in _ROWS[3:]},
     }
-    return Plan(cols_kept, cols.key_bytes(flow_first), bulk)
+    plan = Plan(cols_kept, cols.key_bytes(flow_first), bulk)
+    if quick and not counts and len(rows):
+        plan.quick = _quick(cols, cols_kept, flow_first)
+    return plan
+
+
+def _quick(cols: TcpColumns, kept: dict[str, np.ndarray], flow_first: np.ndarray) -> Quick:
+    """The flows among the kept rows whose rows have one of Quick's shapes."""
+    f = kept["flow"]
+    n = len(f)
+    order = np.argsort(f, kind="stable")
+    fs = f[order]
+    head = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
+    size = np.diff(np.r_[head, n])
+    fl = kept["flags"][order] & (SYN | ACK | FIN | RST)
+    src = kept["a_is_src"][order]
+    ts = kept["ts"][order]
+    ctl = fl & CTL
+    two, four = head[size == 2], head[size == 4]
+    rej = two[(fl[two] == SYN) & (ctl[two + 1] == RST) & (src[two] != src[two + 1])]
+    sf = four[(fl[four] == SYN) & (fl[four + 1] == SYN | ACK) & (src[four] != src[four + 1])
+              & (ctl[four + 2] == FIN) & (ctl[four + 3] == FIN)
+              & (src[four + 2] != src[four + 3])]
+    first = np.concatenate([sf, rej])
+    last = np.concatenate([sf + 3, rej + 1])
+    flow = fs[first]
+    a_orig = src[first]  # the SYN's sender is the originator
+    at = flow_first[flow]  # a row of cols with this flow's key
+    a = (cols.a_hi[at], cols.a_lo[at])
+    b = (cols.b_hi[at], cols.b_lo[at])
+    resp_port = np.where(a_orig, cols.b_port[at], cols.a_port[at])
+    return Quick(
+        flow=flow, kind=np.r_[np.full(len(sf), SF), np.full(len(rej), REJ)],
+        start=ts[first], end=ts[last],
+        orig_hi=np.where(a_orig, a[0], b[0]), orig_lo=np.where(a_orig, a[1], b[1]),
+        resp_hi=np.where(a_orig, b[0], a[0]), resp_lo=np.where(a_orig, b[1], a[1]),
+        resp_port=resp_port,
+    )
+
+
+@dataclass(eq=False)
+class _Held:
+    """A batch's quick connections, held as the table would hold them, and the rows to
+    replay them from."""
+
+    quick: Quick
+    rows: dict[str, np.ndarray]
+    keys: list[bytes]
+    label: Callable[[int, int], str | None]
+    live: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.live = np.ones(len(self.quick), dtype=bool)
 
 
 class FlowTable:
@@ -157,7 +253,11 @@ class FlowTable:
         counts: bool = True,
         unanswered_only: bool = False,
         on_icmp: Callable[[Icmp], None] = lambda _i: None,
+        on_quick: Callable[[Quick], None] | None = None,
     ) -> None:
+        """`on_quick`: the plain connections `plan_batch` found, counted together, in
+        place of `on_conn` and `on_reset` one at a time (summary only: for each, `on_conn`
+        would have been told a Conn with uid "", `on_reset` a refusal for each REJ)."""
         self.on_conn = on_conn
         self.on_reset = on_reset
         self.on_icmp = on_icmp
@@ -177,6 +277,11 @@ class FlowTable:
         self.now = 0.0
         self._next_sweep = 0.0
         self._addrs: dict[bytes, str] = {}
+        self.on_quick = on_quick
+        # plain connections told apart by plan_batch, held as the table would hold them
+        # (until a sweep finds them closed for close_delay): key -> (its batch, index)
+        self._held: dict[bytes, tuple[_Held, int]] = {}
+        self._blocks: list[_Held] = []
 
     def _addr(self, raw: bytes) -> str:
         text = self._addrs.get(raw)
@@ -287,6 +392,17 @@ class FlowTable:
     def apply(self, plan: Plan, iface_label: Callable[[int, int], str | None]) -> None:
         """Account a batch planned by `plan_batch` (which may have run in another process)."""
         keys = plan.keys
+        c = plan.rows
+        quick = self._hold_ready(plan)
+        nows = None
+        if quick is not None:
+            # `packet` reads the time of the latest packet seen (self.now): keep it what it
+            # would have been had the quick rows gone through it
+            nows = np.maximum.accumulate(np.maximum(c["ts"], self.now))
+            last_now = float(nows[-1])
+            slow = ~np.isin(c["flow"], quick.flow)
+            c = {k: v[slow] for k, v in c.items()}
+            nows = nows[slow].tolist()
         pending: dict[tuple[int, int], list[tuple]] = {}
         if plan.bulk is not None:
             b = plan.bulk
@@ -294,20 +410,83 @@ class FlowTable:
                 pending.setdefault((f, e), []).append(group)
         labels: dict[tuple[int, int], str | None] = {}
         packet = self.packet
-        c = plan.rows
-        for f, e, ctl, src, ts, fl, sq, ak, pl, il, tt, ii, ifc, ifx in zip(
+        for i, (f, e, ctl, src, ts, fl, sq, ak, pl, il, tt, ii, ifc, ifx) in enumerate(zip(
             *(c[k].tolist() for k in _ROWS), strict=True
-        ):
+        )):
             if ctl and pending:
                 self._apply_bulk(keys[f], pending.pop((f, e), ()))
             lk = (ifc, ifx)
             if lk not in labels:
                 labels[lk] = iface_label(ifc, ifx)
+            if nows is not None:
+                self.now = nows[i]
             packet(keys[f], src, ts, fl, sq, ak, pl, il, tt, ii, labels[lk])
         for (f, _e), groups in sorted(pending.items(), key=lambda kv: kv[0][1]):
             self._apply_bulk(keys[f], groups)
+        if quick is not None:
+            self.now = max(self.now, last_now)
+            block = _Held(quick, plan.rows, keys, iface_label)
+            self._blocks.append(block)
+            held = self._held
+            for i, f in enumerate(quick.flow.tolist()):
+                held[keys[f]] = (block, i)
         if self.now >= self._next_sweep:
             self.sweep(self.now)
+
+    def _hold_ready(self, plan: Plan) -> Quick | None:
+        """Before a batch: replay the held connections it touches (they are still open in
+        the table's eyes), and say which of its quick connections can be held in turn
+        (None: none, all go through `packet`)."""
+        keys = plan.keys
+        if self._held:
+            for key in self._held.keys() & keys:
+                self._replay(key)
+        quick = plan.quick
+        if quick is None or self.on_quick is None or not len(quick):
+            return None
+        if len(self.flows) + len(self._held) + len(keys) >= self.max_conns:
+            # near the cap, the table evicts: let it hold everything, as without quick
+            for key in list(self._held):
+                self._replay(key)
+            return None
+        flows = self.flows
+        known = np.fromiter((keys[f] in flows for f in quick.flow.tolist()), dtype=bool,
+                            count=len(quick))
+        if known.any():  # the same four-tuple is open in the table: the new SYN matters
+            quick = quick.take(np.flatnonzero(~known))
+        return quick if len(quick) else None
+
+    def _replay(self, key: bytes) -> None:
+        """A held connection through `packet`, as it would have gone in its batch."""
+        block, i = self._held.pop(key)
+        block.live[i] = False
+        f = int(block.quick.flow[i])
+        c = block.rows
+        for r in np.flatnonzero(c["flow"] == f).tolist():
+            self.packet(key, bool(c["a_is_src"][r]), float(c["ts"][r]), int(c["flags"][r]),
+                        int(c["seq"][r]), int(c["ack"][r]), int(c["payload"][r]),
+                        int(c["ip_len"][r]), int(c["ttl"][r]), int(c["ipid"][r]),
+                        block.label(int(c["iface"][r]), int(c["ifindex"][r])))
+
+    def _release(self, now: float | None) -> None:
+        """Count the held connections closed for close_delay at `now` (None: all)."""
+        parts = []
+        keep = []
+        for block in self._blocks:
+            done = block.live.copy()
+            if now is not None:
+                done &= now - block.quick.end > self.close_delay
+            if done.any():
+                rows = np.flatnonzero(done)
+                parts.append(block.quick.take(rows))
+                for f in block.quick.flow[rows].tolist():
+                    del self._held[block.keys[f]]
+                block.live[rows] = False
+            if block.live.any():
+                keep.append(block)
+        self._blocks = keep
+        if parts and self.on_quick is not None:
+            self.on_quick(Quick.join(parts))
 
     def take_refusals(self, plan: Plan, iface_label: Callable[[int, int], str | None]) -> Plan:
         """Live capture's fast path: report the refused connects that open and end inside
@@ -399,6 +578,8 @@ class FlowTable:
     def sweep(self, now: float) -> None:
         """Finish connections idle past their timeout (closed ones sooner)."""
         self._next_sweep = now + 10.0
+        if self._blocks:
+            self._release(now)
         stale = [
             f for f in self.flows.values()
             if now - f.last > (self.close_delay if f.done() else self.idle_timeout)
@@ -425,6 +606,7 @@ class FlowTable:
 
     def close(self) -> None:
         """End of input: finish everything still open."""
+        self._release(None)
         for f in list(self.flows.values()):
             self._finish(f)
 

@@ -10,7 +10,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from rsthound.analyze.evidence import n_of
+from rsthound.analyze.flows import REJ, Quick
+from rsthound.formats.inet import format_addr
 from rsthound.model import Conn, Damage, Icmp, Reset, ResetKind
 from rsthound.textforms import endpoint, rate, seconds, steady
 
@@ -108,6 +112,17 @@ class Summarizer:
         self.s = summary
         self.max_services = max_services
         self.max_clients = max_clients
+        self._addrs: dict[tuple[int, int], str] = {}  # address halves -> text
+
+    def _addr(self, hi: int, lo: int) -> str:
+        """An address from the two 64-bit halves the decoder keeps."""
+        text = self._addrs.get((hi, lo))
+        if text is None:
+            if len(self._addrs) > 65536:  # a scan: do not let the cache grow with it
+                self._addrs.clear()
+            text = self._addrs[(hi, lo)] = format_addr(hi.to_bytes(8, "big")
+                                                       + lo.to_bytes(8, "big"))
+        return text
 
     def _service(self, host: str, port: int) -> Service:
         name = endpoint(host, port)
@@ -146,6 +161,56 @@ class Summarizer:
             s.fail_seconds[int(t)] += 1
             s.fail_first = min(s.fail_first, t)
             s.fail_last = max(s.fail_last, t)
+
+    def quick(self, q: Quick) -> None:
+        """Plain connections counted together: what `conn` (and `reset`, for the REJ's
+        refusal) would have made of each, one at a time."""
+        s = self.s
+        rej = q.kind == REJ
+        nrej = int(rej.sum())
+        s.conns += len(q)
+        for counter, key, n in ((s.states, "SF", len(q) - nrej), (s.states, "REJ", nrej),
+                                (s.failures, "refused", nrej), (s.resets, "refused", nrej)):
+            if n:  # a Counter shows a key once it is touched, even by zero
+                counter[key] += n
+        # by service: its conns, answered (SF) and refused (REJ)
+        svc_key = np.stack([q.resp_hi, q.resp_lo, q.resp_port.astype(np.uint64)], axis=1)
+        uniq, which = np.unique(svc_key, axis=0, return_inverse=True)
+        which = which.ravel()
+        conns = np.bincount(which, minlength=len(uniq))
+        refused = np.bincount(which, weights=rej, minlength=len(uniq)).astype(np.int64)
+        services = [self._service(self._addr(hi, lo), int(port)) for hi, lo, port in uniq.tolist()]
+        for svc, n, r in zip(services, conns.tolist(), refused.tolist(), strict=True):
+            svc.conns += n
+            svc.answered += n - r
+            if r:
+                svc.failed["refused"] += r
+                svc.resets[("refused", "resp")] += r
+        if nrej:  # a refusal's time is its RST's
+            t = q.end[rej]
+            w = which[rej]
+            first = np.full(len(uniq), np.inf)
+            last = np.full(len(uniq), -np.inf)
+            np.minimum.at(first, w, t)
+            np.maximum.at(last, w, t)
+            for i in np.unique(w).tolist():
+                svc = services[i]
+                svc.first = min(svc.first, float(first[i]))
+                svc.last = max(svc.last, float(last[i]))
+            secs, n = np.unique(t.astype(np.int64), return_counts=True)
+            s.fail_seconds.update(dict(zip(secs.tolist(), n.tolist(), strict=True)))
+            s.fail_first = min(s.fail_first, float(t.min()))
+            s.fail_last = max(s.fail_last, float(t.max()))
+        # each service's clients
+        pairs = np.unique(np.stack([which.astype(np.uint64), q.orig_hi, q.orig_lo], axis=1),
+                          axis=0)
+        for i, hi, lo in pairs.tolist():
+            svc = services[i]
+            client = self._addr(hi, lo)
+            if len(svc.clients) < self.max_clients:
+                svc.clients.add(client)
+            else:
+                svc.clients_capped = svc.clients_capped or client not in svc.clients
 
     def icmp(self, i: Icmp) -> None:
         """An ICMP error: counted by kind; the connection it ended counts as a failure."""
