@@ -149,7 +149,7 @@ def plan_batch(cols: TcpColumns, counts: bool, quick: bool = False) -> Plan:
     flow = cols.flow
     ctl = (cols.flags & CTL) != 0
     # epoch: how many control packets of the same flow came before, within this batch
-    order = np.argsort(flow, kind="stable")
+    order = cols.by_flow if cols.by_flow is not None else np.argsort(flow, kind="stable")
     fs = flow[order]
     cs = np.cumsum(ctl[order])
     before = cs - ctl[order]
@@ -161,7 +161,7 @@ def plan_batch(cols: TcpColumns, counts: bool, quick: bool = False) -> Plan:
     if counts:  # the first pure ACK and first data each way write history letters
         _, first = np.unique(group * 2 + (cols.payload > 0), return_index=True)
     else:  # only an endpoint's first packet can move it out of INACTIVE
-        _, first = np.unique(flow * 2 + cols.a_is_src, return_index=True)
+        first = order[_firsts(fs, cols.a_is_src[order], starts)]
     keep = ctl.copy()
     keep[first] = True
     bulk = None
@@ -179,7 +179,7 @@ def plan_batch(cols: TcpColumns, counts: bool, quick: bool = False) -> Plan:
             "ts": cols.ts[lastrow],
         }
     rows = np.flatnonzero(keep)
-    _, flow_first = np.unique(flow, return_index=True)
+    flow_first = order[starts]  # a flow's first row, by flow number
     cols_kept = {
         "flow": flow[rows], "epoch": epoch[rows], "ctl": ctl[rows],
         **{k: getattr(cols, k)[rows] for k in _ROWS[3:]},
@@ -188,6 +188,22 @@ def plan_batch(cols: TcpColumns, counts: bool, quick: bool = False) -> Plan:
     if quick and not counts and len(rows):
         plan.quick = _quick(cols, cols_kept, flow_first)
     return plan
+
+
+def _firsts(fs: np.ndarray, side: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Where each flow's first packet from each side is, in rows sorted by flow (`fs`,
+    stable) whose sender is `side` (endpoint A or not), `starts` marking each flow's first."""
+    n = len(fs)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    base = np.flatnonzero(starts)
+    head = np.repeat(base, np.diff(np.r_[base, n]))  # each row's flow's first row
+    firsts = []
+    for s in (side, ~side):
+        seen = np.cumsum(s)  # this side's packets so far, over all flows
+        before = seen[head] - s[head]  # ... before this row's flow
+        firsts.append(np.flatnonzero(s & (seen - before == 1)))
+    return np.sort(np.concatenate(firsts))
 
 
 def _quick(cols: TcpColumns, kept: dict[str, np.ndarray], flow_first: np.ndarray) -> Quick:

@@ -8,7 +8,6 @@ at once. Rarer shapes go through the reference decoder in `inet.py`, one packet 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,13 +15,28 @@ import numpy as np
 from rsthound.formats import linktypes as lt
 from rsthound.formats.icmp import PROTO_ICMP, PROTO_ICMP6, IcmpError, parse_icmp_error
 from rsthound.formats.inet import ACK, FIN, PROTO_TCP, RST, SYN, NotTcp, parse_ip_tcp
-from rsthound.formats.records import RecordBatch, u16_at, u32_at
+from rsthound.formats.records import RecordBatch, rows_at, unaligned
 
 KEY_LEN = 36  # address A (16) port A (2) address B (16) port B (2); A sorts first
 _KEY_DTYPE = np.dtype([("a_hi", ">u8"), ("a_lo", ">u8"), ("a_port", ">u2"),
                        ("b_hi", ">u8"), ("b_lo", ">u8"), ("b_port", ">u2")])
 V4_MAPPED = np.uint64(0xFFFF00000000)
 _V6_EXT = np.array([0, 43, 44, 60, 51, 135, 139, 140], dtype=np.uint8)
+# The first HEAD bytes from the IP header are gathered once a packet, then read through
+# these layouts: IPv4 (its TCP fields where the header has no options) and IPv6.
+HEAD = 64
+_IP4 = np.dtype({"names": ["vihl", "ip_len", "ipid", "frag", "ttl", "proto", "src", "dst",
+                           "sport", "dport", "seq", "ack", "doff", "flags"],
+                 "formats": ["u1", ">u2", ">u2", ">u2", "u1", "u1", ">u4", ">u4",
+                             ">u2", ">u2", ">u4", ">u4", "u1", "u1"],
+                 "offsets": [0, 2, 4, 6, 8, 9, 12, 16, 20, 22, 24, 28, 32, 33],
+                 "itemsize": HEAD})
+_IP6 = np.dtype({"names": ["plen", "nxt", "hlim", "src_hi", "src_lo", "dst_hi", "dst_lo",
+                           "sport", "dport", "seq", "ack", "doff", "flags"],
+                 "formats": [">u2", "u1", "u1", ">u8", ">u8", ">u8", ">u8",
+                             ">u2", ">u2", ">u4", ">u4", "u1", "u1"],
+                 "offsets": [4, 6, 7, 8, 16, 24, 32, 40, 42, 44, 48, 52, 53],
+                 "itemsize": HEAD})
 
 
 @dataclass
@@ -70,6 +84,7 @@ class TcpColumns:
     ipid: np.ndarray  # -1 for IPv6
     iface: np.ndarray  # interface index in the file, -1 when the file does not say
     ifindex: np.ndarray  # Linux ifindex from SLL2, -1 otherwise
+    by_flow: np.ndarray | None = None  # rows sorted by flow number (stable)
 
     def __len__(self) -> int:
         return len(self.rec)
@@ -85,8 +100,9 @@ class TcpColumns:
     def take(self, rows: np.ndarray) -> TcpColumns:
         """The given rows only (flow numbers renumbered)."""
         _, flow = np.unique(self.flow[rows], return_inverse=True)
-        cols = TcpColumns(**{f: getattr(self, f)[rows] for f in _FIELDS})
+        cols = TcpColumns(**{f: getattr(self, f)[rows] for f in _FIELDS if f != "by_flow"})
         cols.flow = flow.ravel()
+        cols.by_flow = np.argsort(cols.flow, kind="stable")
         return cols
 
 
@@ -108,22 +124,24 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
 
     # Every gather is clamped index by index, so a read past the end of the buffer (only
     # ever for rows already known to be too short) cannot fault, and valid reads never move.
+    u16, u32 = unaligned(buf, ">u2"), unaligned(buf, ">u4")
+
     def at8(off: np.ndarray) -> np.ndarray:
         return buf[np.minimum(off, last)]
 
     def at16(off: np.ndarray) -> np.ndarray:
-        return u16_at(buf, np.minimum(off, last - 1))
+        return u16[np.clip(off, 0, last - 1)].astype(np.uint32)
 
     def at32(off: np.ndarray) -> np.ndarray:
-        return u32_at(buf, np.minimum(off, last - 3), False)
+        return u32[np.clip(off, 0, last - 3)]
 
     l3 = np.full(n, -1, dtype=np.int64)  # offset of the IP header inside the packet
     ver = np.zeros(n, dtype=np.int64)
     ifindex = np.full(n, -1, dtype=np.int64)
     slow = np.zeros(n, dtype=bool)
     counted = np.zeros(n, dtype=bool)  # skipped already for their link type
-    for code in np.unique(link).tolist():
-        m = link == code
+    for code in (np.unique(link).tolist() if len(batch.interfaces) > 1 else link[:1].tolist()):
+        m = link == code if len(batch.interfaces) > 1 else np.ones(n, dtype=bool)
         stats.links[lt.link_name(code)] += int(m.sum())
         dm, cm = d[m], cap[m]
         if code == lt.EN10MB:
@@ -131,6 +149,8 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
             et = at16(dm + pos)
             for _ in range(2):
                 tagged = np.isin(et, lt.ETH_VLAN) & (cm >= pos + 6)
+                if not tagged.any():
+                    break
                 pos = np.where(tagged, pos + 4, pos)
                 et = np.where(tagged, at16(dm + pos), et)
             slow[np.flatnonzero(m)[np.isin(et, lt.ETH_VLAN)]] = True  # more than two tags
@@ -164,15 +184,21 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     long6 = have & (ver == 6) & (cap >= l3 + 40)
     stats.skipped["truncated"] += int((have & (ver != 0) & ~long4 & ~long6).sum())
 
+    # One gather of each packet's first HEAD bytes from its IP header, read as IPv4 and
+    # as IPv6 (each row is one or the other; the masks below say which).
+    head = rows_at(buf, p, HEAD)
+    h4 = head.view(_IP4)[:, 0]
+    h6 = head.view(_IP6)[:, 0]
+
     # Each packet gets exactly one reason: the masks below only ever narrow.
-    vihl = at8(p)
+    vihl = h4["vihl"]
     ihl = (vihl & 15).astype(np.int64) * 4
     v4 = long4 & (vihl >> 4 == 4) & (ihl >= 20)
     v6 = long6 & (vihl >> 4 == 6)
     stats.skipped["bad IP header"] += int(((long4 & ~v4) | (long6 & ~v6)).sum())
-    proto4 = at8(p + 9)
-    frag = at16(p + 6) & 0x1FFF
-    nxt6 = at8(p + 6)
+    proto4 = h4["proto"]
+    frag = h4["frag"] & 0x1FFF
+    nxt6 = h6["nxt"]
     ext6 = v6 & np.isin(nxt6, _V6_EXT)
     slow |= ext6
     stats.skipped["fragment"] += int((v4 & (proto4 == PROTO_TCP) & (frag != 0)).sum())
@@ -196,17 +222,33 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     stats.skipped["truncated"] += int(((v4 | v6) & ~tcp).sum())
 
     rows = np.flatnonzero(tcp)
-    doff = (at8(l4[rows] + 12) >> 4).astype(np.int64) * 4
+    is4 = v4[rows]
+    kept = head if len(rows) == n else head[rows]  # (rows of bytes gather fast; records do not)
+    a4, a6 = kept.view(_IP4)[:, 0], kept.view(_IP6)[:, 0]
+    # the TCP fields: from the rows gathered above, but for IPv4 with options
+    tf = {k: np.where(is4, a4[k], a6[k]) for k in ("sport", "dport", "seq", "ack", "doff",
+                                                    "flags")}
+    opts = np.flatnonzero(is4 & (ihl[rows] != 20))
+    if len(opts):
+        tl = l4[rows[opts]]
+        for k, off, at in (("sport", 0, at16), ("dport", 2, at16), ("seq", 4, at32),
+                           ("ack", 8, at32), ("doff", 12, at8), ("flags", 13, at8)):
+            tf[k][opts] = at(tl + off)
+    doff = (tf["doff"] >> 4).astype(np.int64) * 4
     good = doff >= 20
     stats.skipped["bad TCP header"] += int((~good).sum())
-    rows, doff = rows[good], doff[good]
-    ip, tl, is4 = p[rows], l4[rows], v4[rows]  # IP header, TCP header, IPv4 or not
-    ip_len = np.where(is4, at16(ip + 2), at16(ip + 4) + 40).astype(np.int64)
+    if not good.all():
+        rows, doff, is4, a4, a6 = rows[good], doff[good], is4[good], a4[good], a6[good]
+        tf = {k: v[good] for k, v in tf.items()}
+    ip, tl = p[rows], l4[rows]  # IP header, TCP header
+    ip_len = np.where(is4, a4["ip_len"], a6["plen"].astype(np.int64) + 40).astype(np.int64)
     payload = np.maximum(ip_len - (tl - ip) - doff, 0)
-    sport = at16(tl)
-    dport = at16(tl + 2)
-    src = _addr64(ip, is4, 12, 8, at32)
-    dst = _addr64(ip, is4, 16, 24, at32)
+    sport = tf["sport"].astype(np.int64)
+    dport = tf["dport"].astype(np.int64)
+    src = (np.where(is4, np.uint64(0), a6["src_hi"]),
+           np.where(is4, V4_MAPPED | a4["src"].astype(np.uint64), a6["src_lo"]))
+    dst = (np.where(is4, np.uint64(0), a6["dst_hi"]),
+           np.where(is4, V4_MAPPED | a4["dst"].astype(np.uint64), a6["dst_lo"]))
     fast = TcpColumns(
         rec=rows,
         ts=batch.ts[rows],
@@ -215,13 +257,13 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
         b_port=np.empty(0, dtype=np.int64),
         flow=np.empty(0, dtype=np.int64),
         a_is_src=np.empty(0, dtype=bool),
-        flags=at8(tl + 13).astype(np.int64),
-        seq=at32(tl + 4).astype(np.int64),
-        ack=at32(tl + 8).astype(np.int64),
+        flags=tf["flags"].astype(np.int64),
+        seq=tf["seq"].astype(np.int64),
+        ack=tf["ack"].astype(np.int64),
         payload=payload,
         ip_len=ip_len,
-        ttl=at8(np.where(is4, ip + 8, ip + 7)).astype(np.int64),
-        ipid=np.where(is4, at16(ip + 4), -1).astype(np.int64),
+        ttl=np.where(is4, a4["ttl"], a6["hlim"]).astype(np.int64),
+        ipid=np.where(is4, a4["ipid"].astype(np.int64), -1),
         iface=_iface(batch, rows),
         ifindex=ifindex[rows],
     )
@@ -244,23 +286,6 @@ def _iface(batch: RecordBatch, rows: np.ndarray) -> np.ndarray:
     if len(batch.interfaces) > 1:
         return batch.iface[rows].astype(np.int64)
     return np.full(len(rows), -1, dtype=np.int64)
-
-
-def _addr64(p: np.ndarray, is4: np.ndarray, off4: int, off6: int,
-            at32: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's address as (high, low) 64-bit halves of its 16-byte form."""
-    n = len(p)
-    hi = np.zeros(n, dtype=np.uint64)
-    lo = np.zeros(n, dtype=np.uint64)
-    r4 = p[is4]
-    lo[is4] = V4_MAPPED | at32(r4 + off4).astype(np.uint64)
-    six = ~is4
-    if six.any():
-        r6 = p[six] + off6
-        w = [at32(r6 + k).astype(np.uint64) for k in (0, 4, 8, 12)]
-        hi[six] = (w[0] << np.uint64(32)) | w[1]
-        lo[six] = (w[2] << np.uint64(32)) | w[3]
-    return hi, lo
 
 
 def _merge_slow(
@@ -351,9 +376,12 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
         h = (cols.a_hi * _K[0]) ^ (cols.a_lo * _K[1]) ^ (cols.b_hi * _K[2])
         h ^= (cols.b_lo * _K[3]) ^ (ports * _K[4])
         h ^= h >> np.uint64(31)
-    _, first, flow = np.unique(h, return_index=True, return_inverse=True)
-    flow = flow.ravel()
-    rep = first[flow]
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    starts = np.r_[True, hs[1:] != hs[:-1]] if len(h) else np.zeros(0, dtype=bool)
+    flow = np.empty(len(h), dtype=np.int64)
+    flow[order] = np.cumsum(starts) - 1  # flows numbered in hash order
+    rep = order[starts][flow]  # each row's flow's first row
     if len(h) and not all((getattr(cols, f) == getattr(cols, f)[rep]).all()
                           for f in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port")):
         # A 64-bit hash collision inside one batch: fall back to exact keys.
@@ -361,7 +389,10 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
         for f in _KEY_DTYPE.names:
             packed[f] = getattr(cols, f)
         _, flow = np.unique(packed.view(f"V{KEY_LEN}"), return_inverse=True)
-    cols.flow = flow.ravel().astype(np.int64)
+        flow = flow.ravel().astype(np.int64)
+        order = np.argsort(flow, kind="stable")
+    cols.flow = flow
+    cols.by_flow = order
 
 
 _FIELDS = [f for f in TcpColumns.__dataclass_fields__]

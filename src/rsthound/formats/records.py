@@ -58,3 +58,29 @@ def u16_at(buf: np.ndarray, off: np.ndarray, little: bool = False) -> np.ndarray
     b0 = buf[off].astype(np.uint32)
     b1 = buf[off + 1].astype(np.uint32)
     return (b1 << 8 | b0) if little else (b0 << 8 | b1)
+
+
+def unaligned(buf: np.ndarray, dtype: str) -> np.ndarray:
+    """A view of `buf` where element i is the `dtype` value starting at byte i (so one
+    gather reads a multi-byte field at any offset)."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray(shape=(max(0, len(buf) - size + 1),), dtype=dtype, buffer=buf,
+                      strides=(1,))
+
+
+def rows_at(buf: np.ndarray, off: np.ndarray, width: int) -> np.ndarray:
+    """The `width` bytes from each offset, as one row each (bytes past the end of `buf`
+    read as zero): one gather for all the fields of a header."""
+    n = len(buf)
+    off = np.maximum(off, 0)
+    inside = off <= n - width
+    if n >= width and inside.all():
+        return unaligned(buf, f"V{width}")[off].view(np.uint8).reshape(-1, width)
+    out = np.zeros((len(off), width), dtype=np.uint8)
+    if n >= width:
+        rows = unaligned(buf, f"V{width}")
+        out[inside] = rows[off[inside]].view(np.uint8).reshape(-1, width)
+    for i in np.flatnonzero(~inside).tolist():  # the last few bytes of the input
+        tail = buf[int(off[i]):]
+        out[i, :len(tail)] = tail
+    return out
