@@ -113,6 +113,12 @@ class Summarizer:
         self.max_services = max_services
         self.max_clients = max_clients
         self._addrs: dict[tuple[int, int], str] = {}  # address halves -> text
+        # for `quick`: numbers for services and clients, and the pairs of them already told
+        self._client_ids: dict[tuple[int, int], int] = {}
+        self._clients: list[str] = []
+        self._service_ids: dict[str, int] = {}
+        self._by_id: list[Service] = []
+        self._pairs = np.zeros(0, dtype=np.int64)
 
     def _addr(self, hi: int, lo: int) -> str:
         """An address from the two 64-bit halves the decoder keeps."""
@@ -174,12 +180,12 @@ class Summarizer:
             if n:  # a Counter shows a key once it is touched, even by zero
                 counter[key] += n
         # by service: its conns, answered (SF) and refused (REJ)
-        svc_key = np.stack([q.resp_hi, q.resp_lo, q.resp_port.astype(np.uint64)], axis=1)
-        uniq, which = np.unique(svc_key, axis=0, return_inverse=True)
-        which = which.ravel()
-        conns = np.bincount(which, minlength=len(uniq))
-        refused = np.bincount(which, weights=rej, minlength=len(uniq)).astype(np.int64)
-        services = [self._service(self._addr(hi, lo), int(port)) for hi, lo, port in uniq.tolist()]
+        rep, which = _groups(q.resp_hi, q.resp_lo, q.resp_port.astype(np.uint64))
+        conns = np.bincount(which, minlength=len(rep))
+        refused = np.bincount(which, weights=rej, minlength=len(rep)).astype(np.int64)
+        services = [self._service(self._addr(hi, lo), port) for hi, lo, port in zip(
+            q.resp_hi[rep].tolist(), q.resp_lo[rep].tolist(), q.resp_port[rep].tolist(),
+            strict=True)]
         for svc, n, r in zip(services, conns.tolist(), refused.tolist(), strict=True):
             svc.conns += n
             svc.answered += n - r
@@ -189,8 +195,8 @@ class Summarizer:
         if nrej:  # a refusal's time is its RST's
             t = q.end[rej]
             w = which[rej]
-            first = np.full(len(uniq), np.inf)
-            last = np.full(len(uniq), -np.inf)
+            first = np.full(len(rep), np.inf)
+            last = np.full(len(rep), -np.inf)
             np.minimum.at(first, w, t)
             np.maximum.at(last, w, t)
             for i in np.unique(w).tolist():
@@ -201,16 +207,37 @@ class Summarizer:
             s.fail_seconds.update(dict(zip(secs.tolist(), n.tolist(), strict=True)))
             s.fail_first = min(s.fail_first, float(t.min()))
             s.fail_last = max(s.fail_last, float(t.max()))
-        # each service's clients
-        pairs = np.unique(np.stack([which.astype(np.uint64), q.orig_hi, q.orig_lo], axis=1),
-                          axis=0)
-        for i, hi, lo in pairs.tolist():
-            svc = services[i]
-            client = self._addr(hi, lo)
+        # each service's clients: only the (service, client) pairs not seen before
+        crep, cwhich = _groups(q.orig_hi, q.orig_lo)
+        cids = np.array([self._client_id(hi, lo) for hi, lo in zip(
+            q.orig_hi[crep].tolist(), q.orig_lo[crep].tolist(), strict=True)], dtype=np.int64)
+        sids = np.array([self._service_id(svc) for svc in services], dtype=np.int64)
+        pairs = np.unique((sids[which] << 32) | cids[cwhich])
+        new = pairs[~np.isin(pairs, self._pairs, assume_unique=True)]
+        if len(self._pairs) + len(new) > 1 << 21:  # bounded: forgetting costs time only
+            self._pairs = np.zeros(0, dtype=np.int64)
+        self._pairs = np.union1d(self._pairs, new)
+        for code in new.tolist():
+            svc = self._by_id[code >> 32]
+            client = self._clients[code & 0xFFFFFFFF]
             if len(svc.clients) < self.max_clients:
                 svc.clients.add(client)
             else:
                 svc.clients_capped = svc.clients_capped or client not in svc.clients
+
+    def _client_id(self, hi: int, lo: int) -> int:
+        cid = self._client_ids.get((hi, lo))
+        if cid is None:
+            cid = self._client_ids[(hi, lo)] = len(self._clients)
+            self._clients.append(self._addr(hi, lo))
+        return cid
+
+    def _service_id(self, svc: Service) -> int:
+        sid = self._service_ids.get(svc.name)
+        if sid is None:
+            sid = self._service_ids[svc.name] = len(self._by_id)
+            self._by_id.append(svc)
+        return sid
 
     def icmp(self, i: Icmp) -> None:
         """An ICMP error: counted by kind; the connection it ended counts as a failure."""
@@ -220,6 +247,27 @@ class Summarizer:
         self.s.resets[r.kind.value] += 1
         server = (r.dst, r.dport) if r.sent_by == "orig" else (r.src, r.sport)
         self._service(*server).resets[(r.kind.value, r.sent_by)] += 1
+
+
+_MIX = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)]
+
+
+def _groups(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with equal values in all of `cols` (uint64): (a row of each group, each row's
+    group). Grouped by a hash, checked against the values (np.unique's own way if two
+    differ)."""
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(cols[0]), dtype=np.uint64)
+        for c, k in zip(cols, _MIX, strict=False):
+            h ^= c * k
+        h ^= h >> np.uint64(29)
+    _, rep, which = np.unique(h, return_index=True, return_inverse=True)
+    which = which.ravel()
+    if all((c == c[rep][which]).all() for c in cols):
+        return rep, which
+    _, rep, which = np.unique(np.stack(cols, axis=1), axis=0, return_index=True,
+                              return_inverse=True)
+    return rep, which.ravel()
 
 
 def failure_series(s: Summary, buckets: int = 60) -> tuple[float, list[float]]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from rsthound.errors import BadInput
 from rsthound.formats.linktypes import SUPPORTED, link_name, supported_names
-from rsthound.formats.records import BATCH, Interface, RecordBatch, u32_at
+from rsthound.formats.records import BATCH, Interface, RecordBatch, rows_at, u32_at, unaligned
 from rsthound.model import Damage
 
 MAGIC_USEC = 0xA1B2C3D4
@@ -98,22 +98,26 @@ def read_pcap(
     iface = [Interface(hdr.linktype, None, hdr.snaplen, 1 / hdr.ticks)]
     caplen_of = struct.Struct(("<" if hdr.little else ">") + "I").unpack_from
     limit = hdr.max_caplen
+    walk = _Walker(arr, hdr)
     off = 24
     last_sec: int | None = None
+    ahead = np.zeros(0, dtype=np.int64)  # sound records walked, not yet in a batch
     while off < end:
-        starts: list[int] = []
-        append = starts.append
-        n = 0
-        # The hot loop: one struct call per record; everything else is vectorised below.
-        while n < BATCH and off + 16 <= end:
-            incl = caplen_of(data, off + 8)[0]
-            if incl > limit or off + 16 + incl > end:
+        # Sound records from `off` on, BATCH at most, up to the first header that cannot
+        # be right (or the end of the file): `off` is then where that header is.
+        while len(ahead) < BATCH:
+            run, nxt = walk.sound(int(ahead[-1]) if len(ahead) else off, bool(len(ahead)))
+            ahead = np.concatenate([ahead, run])
+            if nxt is None:
                 break
-            append(off)
-            off += 16 + incl
-            n += 1
-        if starts:
-            batch, bad = _columns(arr, np.array(starts, dtype=np.int64), hdr, iface)
+        starts, ahead = ahead[:BATCH], ahead[BATCH:]
+        n = len(starts)
+        if len(ahead):
+            off = int(ahead[0])
+        elif n:
+            off = int(starts[-1]) + 16 + int(walk.caplen(starts[-1:])[0])
+        if n:
+            batch, bad = _columns(arr, starts, hdr, iface)
             for rec in bad:
                 damages.append(Damage(path, rec, 16, "implausible record header (timestamp)"))
             if len(batch):
@@ -148,13 +152,143 @@ def read_pcap(
         off = nxt
 
 
+REGION = 32 << 20  # bytes walked at a time
+RANGE = 64 << 10  # bytes of a region each chain of records covers
+WINDOW = 2048  # bytes searched from a range's start for the first record in it
+
+
+class _Walker:
+    """Finds where records start, without a Python step per record.
+
+    The records of a region are a chain: each header's length says where the next one
+    starts. The region is cut into ranges; the first record of each range is guessed (a
+    header with a believable timestamp and lengths, whose next record is believable too),
+    and all the chains are then stepped side by side, one numpy gather per step. Each
+    chain must end exactly where the next range's guessed record starts; since the first
+    chain starts at a known record, that proves every guess. A guess that fails, or any
+    header whose lengths cannot be right, sends the region to the plain walk, which stops
+    at the bad header as it always did.
+    """
+
+    def __init__(self, arr: np.ndarray, hdr: PcapHeader) -> None:
+        self.arr = arr
+        self.hdr = hdr
+        self.end = len(arr)
+        self.limit = hdr.max_caplen
+        order = "<" if hdr.little else ">"
+        self.u32 = unaligned(arr, order + "u4")
+        # where the two high bytes of a record's seconds are, from its start
+        self.high = (2, 3) if hdr.little else (0, 1)
+
+    def caplen(self, starts: np.ndarray) -> np.ndarray:
+        return self.u32[starts + 8].astype(np.int64)
+
+    def sound(self, start: int, after: bool) -> tuple[np.ndarray, int | None]:
+        """Offsets of the sound records of the region from `start` (from the record after
+        it, when `after`), and where the walk can go on (None: it stopped at a header
+        that cannot be right, or at the end of the file)."""
+        if after:
+            start += 16 + int(self.caplen(np.array([start]))[0])
+        if start + 16 > self.end:
+            return np.zeros(0, dtype=np.int64), None
+        stop = min(self.end, start + REGION)
+        got = self._chains(start, stop)
+        if got is None:
+            return self._plain(start, stop)
+        return got
+
+    def _plain(self, off: int, stop: int) -> tuple[np.ndarray, int | None]:
+        """One record at a time (a region with damage, or a guess that failed)."""
+        arr, end, limit = self.arr, self.end, self.limit
+        unpack = struct.Struct(("<" if self.hdr.little else ">") + "I").unpack_from
+        buf = arr.data
+        out = []
+        while off < stop and off + 16 <= end:
+            incl = unpack(buf, off + 8)[0]
+            if incl > limit or off + 16 + incl > end:
+                return np.array(out, dtype=np.int64), None
+            out.append(off)
+            off += 16 + incl
+        return np.array(out, dtype=np.int64), off if off + 16 <= end else None
+
+    def _chains(self, start: int, stop: int) -> tuple[np.ndarray, int | None] | None:
+        u32, end, limit = self.u32, self.end, self.limit
+        sec0 = int(u32[start])
+        k = (stop - start) // RANGE
+        heads = [np.array([start], dtype=np.int64)]
+        if k > 1:
+            heads.append(self._guess(start + RANGE * np.arange(1, k, dtype=np.int64),
+                                     sec0, stop))
+        pos = np.concatenate(heads)
+        nxt_head = np.r_[pos[1:], stop]
+        chains = len(pos)
+        steps = []
+        live = np.arange(chains)
+        while len(live):
+            p = pos[live]
+            if p[-1] + 16 > end:  # (chains run in order: the last is the furthest)
+                return None
+            after = p + 16 + u32[p + 8]
+            steps.append((live, p))
+            pos[live] = after
+            live = live[after < nxt_head[live]]
+        if not (pos[:-1] == nxt_head[:-1]).all() or pos[-1] > end:
+            return None  # a guess was not a record, or a record goes past the end
+        grid = np.full((len(steps), chains), -1, dtype=np.int64)
+        for i, (which, p) in enumerate(steps):
+            grid[i, which] = p
+        flat = grid.T.ravel()
+        found = flat[flat >= 0]
+        last = int(pos[-1])
+        # chains meet end to end, so the gaps are the records' lengths (and 16)
+        if len(found) and ((np.diff(found) > limit + 16).any() or last - found[-1] > limit + 16):
+            return None  # a length beyond any snaplen: the plain walk says where
+        return found, (last if last + 16 <= end else None)
+
+    def _guess(self, at: np.ndarray, sec0: int, stop: int) -> np.ndarray:
+        """For each range start, the first offset in its window that looks like a record
+        whose next record looks like one too; ranges without one are left out."""
+        arr, u32 = self.arr, self.u32
+        width = min(WINDOW, RANGE)
+        win = np.ascontiguousarray(np.lib.stride_tricks.as_strided(
+            arr[int(at[0]):], shape=(len(at), width), strides=(RANGE, 1), writeable=False))
+        # a first look at one byte: the seconds' highest (it changes every 194 days);
+        # _believable then reads the whole header where it matches
+        top = 3 if self.hdr.little else 0
+        flat = win.ravel()[top:]
+        cand = np.zeros(len(flat), dtype=bool)
+        for b in {((sec0 + d) >> 24) & 0xFF for d in (-DAY, DAY)}:
+            cand |= flat == b
+        row, col = np.divmod(np.flatnonzero(cand), width)
+        q = at[row] + col
+        ok = q + 16 <= stop
+        q, row = q[ok], row[ok]
+        good = self._believable(q, sec0)
+        q, row = q[good], row[good]
+        nxt = q + 16 + u32[q + 8].astype(np.int64)
+        good = (nxt == self.end) | (
+            (nxt + 16 <= self.end) & self._believable(np.minimum(nxt, self.end - 16), sec0))
+        q, row = q[good], row[good]
+        _, first = np.unique(row, return_index=True)  # the first in each range
+        return q[first]
+
+    def _believable(self, q: np.ndarray, sec0: int) -> np.ndarray:
+        u32 = self.u32
+        sec = u32[q].astype(np.int64)
+        incl = u32[q + 8].astype(np.int64)
+        return ((np.abs(sec - sec0) <= DAY) & (u32[q + 4] < self.hdr.ticks)
+                & (incl <= self.limit) & (incl <= u32[q + 12])
+                & (q + 16 + incl <= self.end))
+
+
 def _columns(
     arr: np.ndarray, starts: np.ndarray, hdr: PcapHeader, iface: list[Interface]
 ) -> tuple[RecordBatch, list[int]]:
-    sec = u32_at(arr, starts, hdr.little).astype(np.int64)
-    frac = u32_at(arr, starts + 4, hdr.little).astype(np.int64)
-    caplen = u32_at(arr, starts + 8, hdr.little).astype(np.int64)
-    wirelen = u32_at(arr, starts + 12, hdr.little).astype(np.int64)
+    order = "<" if hdr.little else ">"
+    rec = rows_at(arr, starts, 16).view(np.dtype([("sec", order + "u4"), ("frac", order + "u4"),
+                                                   ("caplen", order + "u4"),
+                                                   ("wirelen", order + "u4")]))[:, 0]
+    sec, frac, caplen, wirelen = (rec[k].astype(np.int64) for k in rec.dtype.names)
     scale = hdr.ticks
     sound = frac < scale
     bad: list[int] = []
