@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from typing import Any
 
 from rsthound.analyze.summary import Summary, failure_series, findings
@@ -54,7 +55,7 @@ def summary_obj(s: Summary) -> dict[str, Any]:
         "end": _ts(s.last_ts),
         "duration": round(s.duration, 6),
         "connections": s.conns,
-        "conn_states": dict(s.states),
+        "conn_states": _by_count(s.states),
         "failed": {
             "total": failed,
             "refused": s.failures["refused"],
@@ -63,7 +64,7 @@ def summary_obj(s: Summary) -> dict[str, Any]:
             "first": _ts(s.fail_first),
             "last": _ts(s.fail_last),
         },
-        "resets": {"total": sum(s.resets.values()), "by_kind": dict(s.resets)},
+        "resets": {"total": sum(s.resets.values()), "by_kind": _by_count(s.resets)},
         "failures_per_second": {
             "bucket_s": width,
             "series": [round(v, 3) for v in series],
@@ -209,3 +210,8 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode  # made once: lines com
 
 def line(obj: dict[str, Any]) -> str:
     return _encode(obj) + "\n"
+
+
+def _by_count(counts: Counter[str]) -> dict[str, int]:
+    """Most first, then by name: the same whatever order the connections ended in."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
