@@ -1,9 +1,11 @@
-"""Run a capture file through an Analysis, reading and decoding it in a second process.
+"""Run a capture file through an Analysis, reading and decoding it in other processes.
 
 Walking records and decoding them (numpy) need no connection state, so on a machine with
-more than one core a helper process does that for a big file while this one runs the
-connection state machine: the two halves take similar time, and the whole takes about
-the longer of the two. Small files and standard input are read in this process.
+more than one core, helper processes do that for a big file while this one runs the
+connection state machine. A classic pcap file is cut into spans of CHUNK bytes, read by
+READERS helpers turn about; each span's first record is guessed by its reader, and proved
+here: it must be where the span before it ended (if not, this process reads that span
+itself). A pcapng file has one helper. Small files and standard input are read here.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from collections.abc import Callable, Iterator
 from rsthound.analyze.session import Analysis, Selection, prepare
 from rsthound.errors import BadInput, RstHoundError
 from rsthound.formats.columns import DecodeStats
+from rsthound.formats.pcap import is_pcap
 from rsthound.formats.records import RecordBatch
 from rsthound.model import Damage
-from rsthound.sources.capfile import PacketFilter, read_capture
+from rsthound.sources.capfile import PacketFilter, read_capture, record_near
 
 PARALLEL_MIN_BYTES = 32 << 20
 QUEUE_DEPTH = 3  # batches in flight: bounds the memory the helper can run ahead with
+CHUNK = 256 << 20  # bytes of a pcap file a reader takes at a time
+READERS = 2
 
 
 def analyze_file(path: str, analysis: Analysis,
@@ -36,9 +41,12 @@ def analyze_file(path: str, analysis: Analysis,
     """
     if parallel is None:
         parallel = _worth_a_helper(path)
+    spans = _spans(path) if parallel else None
+    if spans is not None and len(spans) > 1:
+        _read_spans(path, spans, analysis, progress, expression)
+        return
     if parallel:
-        # fork starts at once, but is unsafe once threads run (the progress bar's): spawn then
-        ctx = mp.get_context("fork" if threading.active_count() == 1 else "spawn")
+        ctx = _context()
         try:
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(
@@ -79,6 +87,144 @@ def analyze_file(path: str, analysis: Analysis,
         if helper.is_alive():
             helper.terminate()
         helper.join(timeout=5)
+
+
+def _spans(path: str) -> list[tuple[int, int]] | None:
+    """The byte spans a classic pcap file is read in; None for any other file."""
+    try:
+        with open(path, "rb") as f:
+            if not is_pcap(f.read(4)):
+                return None
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    return [(max(24, a), min(size, a + CHUNK)) for a in range(0, size, CHUNK)]
+
+
+def _context() -> mp.context.BaseContext:
+    # fork starts at once, but is unsafe once threads run (the progress bar's): spawn then
+    return mp.get_context("fork" if threading.active_count() == 1 else "spawn")
+
+
+def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
+                progress: Callable[[int], None], expression: str | None) -> None:
+    """Read `spans` of a pcap file in READERS helpers, and feed them here in order."""
+    ctx = _context()
+    queues = [ctx.Queue(maxsize=QUEUE_DEPTH * 2) for _ in range(READERS)]
+    helpers = [
+        ctx.Process(target=_span_reader,
+                    args=(path, list(enumerate(spans))[j::READERS], analysis.selection,
+                          analysis.table.counts, analysis.quick, queues[j], expression),
+                    name=f"rsthound-reader-{j}", daemon=True)
+        for j in range(READERS)
+    ]
+    for h in helpers:
+        h.start()
+    try:
+        expected = 24  # the first record of the next span, proved by reading up to it
+        for idx, (_a, stop) in enumerate(spans):
+            q, helper = queues[idx % READERS], helpers[idx % READERS]
+            _, first = _take(q, helper, "start")
+            if expected >= stop or first != expected:
+                _skip_span(q, helper)  # the guess was wrong, or the span holds no record
+                if expected < stop:
+                    expected = _read_inline(path, (expected, stop), analysis, progress,
+                                            expression)
+                continue
+            while True:
+                kind, payload = _take(q, helper)
+                if kind == "batch":
+                    analysis.feed_prepared(payload)
+                    progress(payload.end_offset)
+                    continue
+                nxt, damages = payload  # "end"
+                analysis.summary.damages.extend(damages)
+                expected = nxt
+                break
+        for q, helper in zip(queues, helpers, strict=True):
+            _, stats = _take(q, helper, "stats")
+            analysis.stats.merge(stats)
+    finally:
+        for h in helpers:
+            if h.is_alive():
+                h.terminate()
+            h.join(timeout=5)
+
+
+def _take(q: mp.Queue, helper: mp.Process, want: str | None = None) -> tuple[str, object]:
+    """The next message of a helper; its errors raised here."""
+    while True:
+        try:
+            kind, payload = q.get(timeout=1.0)
+        except queue.Empty:
+            if not helper.is_alive():
+                raise RuntimeError(
+                    f"the reading process died (exit code {helper.exitcode})") from None
+            continue
+        if kind == "bad":
+            reason, where, offset = payload
+            raise BadInput(reason, where, offset)
+        if kind == "crash":
+            raise RuntimeError(f"the reading process failed:\n{payload}")
+        if want is not None and kind != want:
+            raise RuntimeError(f"the reading process said {kind!r} where {want!r} was due")
+        return kind, payload
+
+
+def _skip_span(q: mp.Queue, helper: mp.Process) -> None:
+    while _take(q, helper)[0] != "end":
+        pass
+
+
+def _read_inline(path: str, span: tuple[int, int], analysis: Analysis,
+                 progress: Callable[[int], None], expression: str | None) -> int:
+    """Read one span here; where the next record starts."""
+    damages = analysis.summary.damages
+    keep = PacketFilter(expression) if expression is not None else None
+    batches = read_capture(path, damages, span)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration as end:
+            return end.value
+        if keep is not None:
+            batch = keep.batch(batch)
+        progress(analysis.feed(batch).end_offset)
+
+
+def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection: Selection,
+                 counts: bool, quick: bool, q: mp.Queue, expression: str | None) -> None:
+    """A helper: each of its spans as ("start", first record or None), ("batch", Prepared)
+    ..., ("end", (where the next record starts, damages)); then ("stats", DecodeStats)."""
+    stats = DecodeStats()
+    try:
+        keep = PacketFilter(expression, check=False) if expression is not None else None
+        for _idx, (a, stop) in spans:
+            first = 24 if a <= 24 else record_near(path, a)
+            q.put(("start", first))
+            damages: list[Damage] = []
+            nxt = first
+            if first is not None and first < stop:
+                batches = read_capture(path, damages, (first, stop))
+                while True:
+                    try:
+                        batch = next(batches)
+                    except StopIteration as end:
+                        nxt = end.value
+                        break
+                    if keep is not None:
+                        batch = keep.batch(batch)
+                    q.put(("batch", prepare(batch, selection, stats, counts, quick)))
+            q.put(("end", (nxt, damages)))
+        q.put(("stats", stats))
+    except BadInput as e:
+        q.put(("bad", (e.reason, e.path, e.offset)))
+    except RstHoundError as e:
+        q.put(("crash", str(e)))
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        q.put(("crash", traceback.format_exc()))
 
 
 def _worth_a_helper(path: str) -> bool:

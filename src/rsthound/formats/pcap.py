@@ -11,7 +11,7 @@ offset, and reading resumes at the next place where two records in a row look so
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,12 +80,15 @@ def parse_pcap_header(head: bytes, path: str = "<bytes>") -> PcapHeader:
 def read_pcap(
     data: bytes | memoryview, path: str, damages: list[Damage],
     release: Callable[[int], None] = lambda _offset: None,
-) -> Iterator[RecordBatch]:
+    span: tuple[int, int] | None = None,
+) -> Generator[RecordBatch, None, int]:
     """Walk every record of a classic pcap held in `data` (usually an mmap).
 
     Damage found on the way is appended to `damages`; sound records are still yielded.
     Once a batch has been consumed, `release(offset)` says that nothing before `offset`
-    is needed any more.
+    is needed any more. `span` (first, stop): only the records from the one at `first`
+    to the last that starts before `stop`. Returns where reading stopped: the first
+    record at or after `stop` (or the end of the file).
     """
     hdr = parse_pcap_header(bytes(data[:24]), path)
     if hdr.linktype not in SUPPORTED:
@@ -98,11 +101,11 @@ def read_pcap(
     iface = [Interface(hdr.linktype, None, hdr.snaplen, 1 / hdr.ticks)]
     caplen_of = struct.Struct(("<" if hdr.little else ">") + "I").unpack_from
     limit = hdr.max_caplen
-    walk = _Walker(arr, hdr)
-    off = 24
+    off, stop = span if span is not None else (24, len(arr))
+    walk = _Walker(arr, hdr, stop)
     last_sec: int | None = None
     ahead = np.zeros(0, dtype=np.int64)  # sound records walked, not yet in a batch
-    while off < end:
+    while off < stop:
         # Sound records from `off` on, BATCH at most, up to the first header that cannot
         # be right (or the end of the file): `off` is then where that header is.
         while len(ahead) < BATCH:
@@ -124,14 +127,14 @@ def read_pcap(
                 last_sec = int(batch.ts[-1])
                 yield batch
                 release(off)
-        if n == BATCH or off >= end:
+        if n == BATCH or off >= stop:
             continue
         # `off` is where the walk stopped short of a sound record.
         if off + 16 > end:
             damages.append(
                 Damage(path, off, end - off, f"truncated record header ({end - off} of 16 bytes)")
             )
-            return
+            return end
         incl = caplen_of(data, off + 8)[0]
         if off + 16 + incl > end and incl <= limit:
             damages.append(
@@ -142,14 +145,15 @@ def read_pcap(
                     f"truncated last record: it says {incl} bytes, {end - off - 16} remain",
                 )
             )
-            return
+            return end
         nxt = _resync(arr, off, hdr, last_sec)
         reason = f"record length {incl} is impossible (snaplen {hdr.snaplen}); garbage in the file"
         if nxt is None:
             damages.append(Damage(path, off, end - off, reason + "; nothing readable after it"))
-            return
+            return end
         damages.append(Damage(path, off, nxt - off, reason))
         off = nxt
+    return off
 
 
 REGION = 32 << 20  # bytes walked at a time
@@ -170,10 +174,11 @@ class _Walker:
     at the bad header as it always did.
     """
 
-    def __init__(self, arr: np.ndarray, hdr: PcapHeader) -> None:
+    def __init__(self, arr: np.ndarray, hdr: PcapHeader, stop: int | None = None) -> None:
         self.arr = arr
         self.hdr = hdr
         self.end = len(arr)
+        self.stop = self.end if stop is None else min(stop, self.end)  # of the span read
         self.limit = hdr.max_caplen
         order = "<" if hdr.little else ">"
         self.u32 = unaligned(arr, order + "u4")
@@ -189,9 +194,9 @@ class _Walker:
         that cannot be right, or at the end of the file)."""
         if after:
             start += 16 + int(self.caplen(np.array([start]))[0])
-        if start + 16 > self.end:
+        if start + 16 > self.end or start >= self.stop:
             return np.zeros(0, dtype=np.int64), None
-        stop = min(self.end, start + REGION)
+        stop = min(self.stop, start + REGION)
         got = self._chains(start, stop)
         if got is None:
             return self._plain(start, stop)
@@ -245,11 +250,22 @@ class _Walker:
             return None  # a length beyond any snaplen: the plain walk says where
         return found, (last if last + 16 <= end else None)
 
-    def _guess(self, at: np.ndarray, sec0: int, stop: int) -> np.ndarray:
+    def guess_near(self, at: int) -> int | None:
+        """The seconds of a record that looks sound, within a window after `at`."""
+        pos = np.arange(at, min(self.end - 16, at + WINDOW), dtype=np.int64)
+        ok = pos[_plausible(self.arr, pos, self.hdr, None)]
+        for p in ok.tolist():
+            nxt = p + 16 + int(self.u32[p + 8])
+            if nxt + 16 <= self.end and _plausible(self.arr, np.array([nxt]), self.hdr,
+                                                   int(self.u32[p]))[0]:
+                return int(self.u32[p])
+        return None
+
+    def _guess(self, at: np.ndarray, sec0: int, stop: int, width: int = 0) -> np.ndarray:
         """For each range start, the first offset in its window that looks like a record
         whose next record looks like one too; ranges without one are left out."""
         arr, u32 = self.arr, self.u32
-        width = min(WINDOW, RANGE)
+        width = width or min(WINDOW, RANGE)
         win = np.ascontiguousarray(np.lib.stride_tricks.as_strided(
             arr[int(at[0]):], shape=(len(at), width), strides=(RANGE, 1), writeable=False))
         # a first look at one byte: the seconds' highest (it changes every 194 days);
@@ -279,6 +295,33 @@ class _Walker:
         return ((np.abs(sec - sec0) <= DAY) & (u32[q + 4] < self.hdr.ticks)
                 & (incl <= self.limit) & (incl <= u32[q + 12])
                 & (q + 16 + incl <= self.end))
+
+
+def first_record(data: bytes | memoryview, at: int) -> int | None:
+    """The offset of the first record at or after `at` in a classic pcap, as far as can be
+    told without walking from the start (a believable header whose next one is believable
+    too); None when none is found in the next few megabytes. A guess: the caller proves it
+    by walking up to it from the record before."""
+    hdr = parse_pcap_header(bytes(data[:24]))
+    arr = np.frombuffer(data, dtype=np.uint8)
+    walk = _Walker(arr, hdr)
+    if at <= 24:
+        return 24
+    sec0 = None
+    probe = np.arange(at, min(len(arr) - 16, at + RESYNC_WINDOW), 4096, dtype=np.int64)
+    for p in probe.tolist():  # a believable timestamp near `at`, to judge the others by
+        got = walk.guess_near(p)
+        if got is not None:
+            sec0 = got
+            break
+    if sec0 is None:
+        return None
+    for lo in range(at, min(len(arr), at + RESYNC_WINDOW), WINDOW):
+        starts = np.array([lo], dtype=np.int64)
+        found = walk._guess(starts, sec0, len(arr), width=min(WINDOW, len(arr) - lo))
+        if len(found):
+            return int(found[0])
+    return None
 
 
 def _columns(

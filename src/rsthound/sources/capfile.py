@@ -7,25 +7,28 @@ import errno
 import mmap
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
 
 from rsthound.errors import BadInput
 from rsthound.formats import linktypes as lt
-from rsthound.formats.pcap import is_pcap, read_pcap
+from rsthound.formats.pcap import first_record, is_pcap, read_pcap
 from rsthound.formats.pcapng import is_pcapng, read_pcapng
 from rsthound.formats.records import RecordBatch
 from rsthound.model import Damage
 
 
-def read_capture(path: str, damages: list[Damage]) -> Iterator[RecordBatch]:
+def read_capture(path: str, damages: list[Damage], span: tuple[int, int] | None = None,
+                 ) -> Generator[RecordBatch, None, int | None]:
     """Yield the record batches of the capture at `path` ("-": standard input), read
     through a memory map when it is a regular file, else read whole.
 
     BadInput when the file cannot be opened or is no capture at all; damage inside a
-    capture is appended to `damages` and reading goes on.
+    capture is appended to `damages` and reading goes on. `span` (first record, stop),
+    classic pcap only: the records from `first` to the last that starts before `stop`;
+    then the return value is where the next record starts.
     """
     try:
         fd = os.dup(0) if path == "-" else os.open(path, os.O_RDONLY)
@@ -53,8 +56,10 @@ def read_capture(path: str, damages: list[Damage]) -> Iterator[RecordBatch]:
         head = data[:12]
         release = _releaser(data) if isinstance(data, mmap.mmap) else (lambda _off: None)
         if is_pcap(head):
-            reader = read_pcap(data, path, damages, release)
-        elif is_pcapng(head):
+            return (yield from read_pcap(data, path, damages, release, span))
+        if span is not None:
+            raise BadInput("only a classic pcap file can be read in parts", path, 0)
+        if is_pcapng(head):
             reader = read_pcapng(data, path, damages, release)
         else:
             raise BadInput(
@@ -62,6 +67,17 @@ def read_capture(path: str, damages: list[Damage]) -> Iterator[RecordBatch]:
                 "dumpcap or Wireshark)", path, 0,
             )
         yield from reader
+        return None
+
+
+def record_near(path: str, at: int) -> int | None:
+    """Where the first record at or after byte `at` of a classic pcap file seems to start
+    (a guess, to be proved by walking up to it); None when the file is not one."""
+    with open(path, "rb") as f:
+        if not is_pcap(f.read(4)) or os.fstat(f.fileno()).st_size <= at:
+            return None
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            return first_record(data, at)
 
 
 def _releaser(data: mmap.mmap) -> Callable[[int], None]:
