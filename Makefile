@@ -12,7 +12,7 @@ DEBS   := tcpdump:tcpdump tshark:tshark capinfos:tshark nft:nftables ip:iproute2
           prometheus:prometheus promtool:prometheus chromium:chromium hey:hey \
           tcpreplay:tcpreplay debootstrap:debootstrap systemd-nspawn:systemd-container
 
-.PHONY: run test setup debs lint man bench bench-watch bench-diagnose bench-web fuzz captures clean
+.PHONY: run test setup debs lint man bench bench-big bench-watch bench-diagnose bench-web fuzz captures clean
 
 # diagnose exits 1 when it finds something abnormal: a finding, not a failure of make
 run: setup
@@ -61,6 +61,10 @@ lint: setup
 # the benchmark against tcpdump and tshark (see bench/README.md)
 bench: setup
 	$(BIN)/python bench/run_analyze.py --rsthound $(BIN)/rsthound
+
+# the same on a 10,000,000-packet capture (about 6 GB in bench/out/), without tshark
+bench-big: setup
+	$(BIN)/python bench/run_analyze.py --big --rsthound $(BIN)/rsthound
 
 # what watch costs over 10 minutes, beside nstat once a second (see bench/README.md)
 bench-watch: setup

@@ -51,7 +51,7 @@ def analyze_file(path: str, analysis: Analysis,
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(
                 target=_helper, args=(path, analysis.selection, analysis.table.counts, q,
-                                      expression, analysis.quick),
+                                      expression),
                 name="rsthound-reader", daemon=True,
             )
             helper.start()
@@ -114,7 +114,7 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
     helpers = [
         ctx.Process(target=_span_reader,
                     args=(path, list(enumerate(spans))[j::READERS], analysis.selection,
-                          analysis.table.counts, analysis.quick, queues[j], expression),
+                          analysis.table.counts, queues[j], expression),
                     name=f"rsthound-reader-{j}", daemon=True)
         for j in range(READERS)
     ]
@@ -193,7 +193,7 @@ def _read_inline(path: str, span: tuple[int, int], analysis: Analysis,
 
 
 def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection: Selection,
-                 counts: bool, quick: bool, q: mp.Queue, expression: str | None) -> None:
+                 counts: bool, q: mp.Queue, expression: str | None) -> None:
     """A helper: each of its spans as ("start", first record or None), ("batch", Prepared)
     ..., ("end", (where the next record starts, damages)); then ("stats", DecodeStats)."""
     stats = DecodeStats()
@@ -214,7 +214,7 @@ def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection:
                         break
                     if keep is not None:
                         batch = keep.batch(batch)
-                    q.put(("batch", prepare(batch, selection, stats, counts, quick)))
+                    q.put(("batch", prepare(batch, selection, stats, counts)))
             q.put(("end", (nxt, damages)))
         q.put(("stats", stats))
     except BadInput as e:
@@ -246,12 +246,12 @@ def _read(path: str, damages: list[Damage], expression: str | None) -> Iterator[
 
 
 def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue,
-            expression: str | None = None, quick: bool = False) -> None:
+            expression: str | None = None) -> None:
     damages: list[Damage] = []
     stats = DecodeStats()
     try:
         for batch in _read(path, damages, expression):
-            q.put(("batch", prepare(batch, selection, stats, counts, quick)))
+            q.put(("batch", prepare(batch, selection, stats, counts)))
         q.put(("end", (damages, stats)))
     except BadInput as e:
         q.put(("bad", (e.reason, e.path, e.offset)))

@@ -23,7 +23,7 @@ import numpy as np
 
 from rsthound.analyze import zeek
 from rsthound.analyze.zeek import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, SYN_SENT
-from rsthound.formats.columns import TcpColumns
+from rsthound.formats.columns import KEY_DTYPE, TcpColumns
 from rsthound.formats.icmp import IcmpError
 from rsthound.formats.inet import ACK, FIN, RST, SYN, addr_bytes, format_addr
 from rsthound.model import Conn, Icmp, Reset, ResetKind
@@ -139,12 +139,10 @@ class Plan:
     rows: dict[str, np.ndarray]  # columns named in _ROWS
     keys: list[bytes]  # connection key of each flow number
     bulk: dict[str, np.ndarray] | None  # columns named in _BULK
-    quick: Quick | None = None  # plain connections (their rows are in `rows` too)
 
 
-def plan_batch(cols: TcpColumns, counts: bool, quick: bool = False) -> Plan:
-    """Split a batch into the packets the state machine must see and foldable bulk; with
-    `quick` (summary only, no `counts`), also find the plain connections (`Quick`)."""
+def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
+    """Split a batch into the packets the state machine must see and foldable bulk."""
     n = len(cols)
     flow = cols.flow
     ctl = (cols.flags & CTL) != 0
@@ -184,10 +182,7 @@ def plan_batch(cols: TcpColumns, counts: bool, quick: bool = False) -> Plan:
         "flow": flow[rows], "epoch": epoch[rows], "ctl": ctl[rows],
         **{k: getattr(cols, k)[rows] for k in _ROWS[3:]},
     }
-    plan = Plan(cols_kept, cols.key_bytes(flow_first), bulk)
-    if quick and not counts and len(rows):
-        plan.quick = _quick(cols, cols_kept, flow_first)
-    return plan
+    return Plan(cols_kept, cols.key_bytes(flow_first), bulk)
 
 
 def _firsts(fs: np.ndarray, side: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -206,53 +201,75 @@ def _firsts(fs: np.ndarray, side: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(firsts))
 
 
-def _quick(cols: TcpColumns, kept: dict[str, np.ndarray], flow_first: np.ndarray) -> Quick:
-    """The flows among the kept rows whose rows have one of Quick's shapes."""
-    f = kept["flow"]
-    n = len(f)
-    order = np.argsort(f, kind="stable")
-    fs = f[order]
-    head = np.flatnonzero(np.r_[True, fs[1:] != fs[:-1]])
+OTHER, DONE_SF, DONE_REJ, OPEN = range(4)  # what `_shapes` makes of a connection's rows
+_KEEP = ("a_is_src", "ts", "flags", "seq", "ack", "payload", "ip_len", "ttl", "ipid")
+
+
+def _shapes(flow: np.ndarray, flags: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each connection's shape, from its rows as `packet` would see them in summary-only
+    mode (control packets, and each side's first packet of a batch), given sorted by
+    connection and in order: (first row, last row, shape) by connection, shape one of
+    DONE_SF and DONE_REJ (Quick's), OPEN (so far one of those, unfinished: a bare SYN, or
+    a SYN, the SYN-ACK and then only plain packets and at most one FIN each way), OTHER."""
+    n = len(flow)
+    starts = np.r_[True, flow[1:] != flow[:-1]] if n else np.zeros(0, dtype=bool)
+    head = np.flatnonzero(starts)
     size = np.diff(np.r_[head, n])
-    fl = kept["flags"][order] & (SYN | ACK | FIN | RST)
-    src = kept["a_is_src"][order]
-    ts = kept["ts"][order]
+    last = head + size - 1
+    group = np.cumsum(starts) - 1
+    fl = flags & (SYN | ACK | FIN | RST)
     ctl = fl & CTL
-    two, four = head[size == 2], head[size == 4]
-    rej = two[(fl[two] == SYN) & (ctl[two + 1] == RST) & (src[two] != src[two + 1])]
-    sf = four[(fl[four] == SYN) & (fl[four + 1] == SYN | ACK) & (src[four] != src[four + 1])
-              & (ctl[four + 2] == FIN) & (ctl[four + 3] == FIN)
-              & (src[four + 2] != src[four + 3])]
-    first = np.concatenate([sf, rej])
-    last = np.concatenate([sf + 3, rej + 1])
-    flow = fs[first]
-    a_orig = src[first]  # the SYN's sender is the originator
-    at = flow_first[flow]  # a row of cols with this flow's key
-    a = (cols.a_hi[at], cols.a_lo[at])
-    b = (cols.b_hi[at], cols.b_lo[at])
-    resp_port = np.where(a_orig, cols.b_port[at], cols.a_port[at])
+    syn = fl[head] == SYN
+    second = np.minimum(head + 1, n - 1)
+    other_side = src[second] != src[head]
+    rej = syn & (size == 2) & (ctl[second] == RST) & other_side
+    answered = syn & (size >= 2) & (fl[second] == SYN | ACK) & other_side
+    # after the SYN-ACK: plain packets and FINs only, one FIN from each side at most
+    later = np.arange(n) >= head[group] + 2
+    odd = later & (ctl != 0) & (ctl != FIN)
+    fin = later & (ctl == FIN)
+    from_orig = src == src[head][group]
+    bad = np.bincount(group, weights=odd, minlength=len(head)) > 0
+    fins_o = np.bincount(group, weights=fin & from_orig, minlength=len(head))
+    fins_r = np.bincount(group, weights=fin & ~from_orig, minlength=len(head))
+    plain = answered & ~bad & (fins_o <= 1) & (fins_r <= 1)
+    sf = plain & (fins_o == 1) & (fins_r == 1)
+    shape = np.full(len(head), OTHER)
+    shape[(syn & (size == 1)) | (plain & ~sf)] = OPEN
+    shape[sf] = DONE_SF
+    shape[rej] = DONE_REJ
+    return head, last, shape
+
+
+def _quick_of(keys: list[bytes], kind: np.ndarray, start: np.ndarray, end: np.ndarray,
+              a_orig: np.ndarray) -> Quick:
+    """Quick records of connections from their keys and what their rows said."""
+    k = np.frombuffer(b"".join(keys), dtype=KEY_DTYPE)
+    a_hi, a_lo, b_hi, b_lo = (k[f].astype(np.uint64) for f in ("a_hi", "a_lo", "b_hi",
+                                                                 "b_lo"))
     return Quick(
-        flow=flow, kind=np.r_[np.full(len(sf), SF), np.full(len(rej), REJ)],
-        start=ts[first], end=ts[last],
-        orig_hi=np.where(a_orig, a[0], b[0]), orig_lo=np.where(a_orig, a[1], b[1]),
-        resp_hi=np.where(a_orig, b[0], a[0]), resp_lo=np.where(a_orig, b[1], a[1]),
-        resp_port=resp_port,
+        flow=np.arange(len(keys)), kind=kind, start=start, end=end,
+        orig_hi=np.where(a_orig, a_hi, b_hi), orig_lo=np.where(a_orig, a_lo, b_lo),
+        resp_hi=np.where(a_orig, b_hi, a_hi), resp_lo=np.where(a_orig, b_lo, a_lo),
+        resp_port=np.where(a_orig, k["b_port"], k["a_port"]).astype(np.int64),
     )
 
 
 @dataclass(eq=False)
-class _Held:
-    """A batch's quick connections, held as the table would hold them, and the rows to
-    replay them from."""
+class _Rows:
+    """Connections kept aside from `packet` (held closed, or carried open), with their
+    rows to replay them from: columns named in _KEEP and "label", sorted by connection;
+    connection i is keys[i], its rows first[i] to last[i]."""
 
-    quick: Quick
-    rows: dict[str, np.ndarray]
     keys: list[bytes]
-    label: Callable[[int, int], str | None]
+    rows: dict[str, np.ndarray]
+    first: np.ndarray
+    last: np.ndarray
+    quick: Quick | None = None  # held: what they are
     live: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.live = np.ones(len(self.quick), dtype=bool)
+        self.live = np.ones(len(self.keys), dtype=bool)
 
 
 class FlowTable:
@@ -294,10 +311,13 @@ class FlowTable:
         self._next_sweep = 0.0
         self._addrs: dict[bytes, str] = {}
         self.on_quick = on_quick
-        # plain connections told apart by plan_batch, held as the table would hold them
-        # (until a sweep finds them closed for close_delay): key -> (its batch, index)
-        self._held: dict[bytes, tuple[_Held, int]] = {}
-        self._blocks: list[_Held] = []
+        # plain connections kept from `packet`: closed ones held as the table would hold
+        # them (until a sweep finds them closed for close_delay), open ones carried to the
+        # next batch: key -> (their _Rows, index)
+        self._held: dict[bytes, tuple[_Rows, int]] = {}
+        self._blocks: list[_Rows] = []
+        self._open: dict[bytes, tuple[_Rows, int]] = {}
+        self._carried: _Rows | None = None
 
     def _addr(self, raw: bytes) -> str:
         text = self._addrs.get(raw)
@@ -409,16 +429,15 @@ class FlowTable:
         """Account a batch planned by `plan_batch` (which may have run in another process)."""
         keys = plan.keys
         c = plan.rows
-        quick = self._hold_ready(plan)
         nows = None
-        if quick is not None:
+        if self.on_quick is not None and plan.bulk is None and len(c["flow"]):
             # `packet` reads the time of the latest packet seen (self.now): keep it what it
-            # would have been had the quick rows gone through it
-            nows = np.maximum.accumulate(np.maximum(c["ts"], self.now))
-            last_now = float(nows[-1])
-            slow = ~np.isin(c["flow"], quick.flow)
+            # would have been had the rows set aside gone through it
+            cummax = np.maximum.accumulate(np.maximum(c["ts"], self.now))
+            slow = self._set_aside(plan, iface_label)
             c = {k: v[slow] for k, v in c.items()}
-            nows = nows[slow].tolist()
+            nows = cummax[slow].tolist()
+            last_now = float(cummax[-1])
         pending: dict[tuple[int, int], list[tuple]] = {}
         if plan.bulk is not None:
             b = plan.bulk
@@ -439,70 +458,165 @@ class FlowTable:
             packet(keys[f], src, ts, fl, sq, ak, pl, il, tt, ii, labels[lk])
         for (f, _e), groups in sorted(pending.items(), key=lambda kv: kv[0][1]):
             self._apply_bulk(keys[f], groups)
-        if quick is not None:
+        if nows is not None:
             self.now = max(self.now, last_now)
-            block = _Held(quick, plan.rows, keys, iface_label)
-            self._blocks.append(block)
-            held = self._held
-            for i, f in enumerate(quick.flow.tolist()):
-                held[keys[f]] = (block, i)
         if self.now >= self._next_sweep:
             self.sweep(self.now)
 
-    def _hold_ready(self, plan: Plan) -> Quick | None:
-        """Before a batch: replay the held connections it touches (they are still open in
-        the table's eyes), and say which of its quick connections can be held in turn
-        (None: none, all go through `packet`)."""
+    def _set_aside(self, plan: Plan, iface_label: Callable[[int, int], str | None],
+                   ) -> np.ndarray:
+        """Summary only: take the plain connections of a batch (with the rows carried
+        open from earlier batches) away from `packet`, holding the closed ones and carrying
+        the open ones; replay what turns out not to be plain. The rows left to `packet`."""
         keys = plan.keys
-        if self._held:
+        c = plan.rows
+        n = len(c["flow"])
+        if self._held:  # connections the table would still hold: they go on there
             for key in self._held.keys() & keys:
-                self._replay(key)
-        quick = plan.quick
-        if quick is None or self.on_quick is None or not len(quick):
-            return None
-        if len(self.flows) + len(self._held) + len(keys) >= self.max_conns:
-            # near the cap, the table evicts: let it hold everything, as without quick
+                self._replay(self._held, key)
+        if len(self.flows) + len(self._held) + len(self._open) + len(keys) >= self.max_conns:
+            # near the cap, the table evicts: let it hold everything, as without this
             for key in list(self._held):
-                self._replay(key)
-            return None
-        flows = self.flows
-        known = np.fromiter((keys[f] in flows for f in quick.flow.tolist()), dtype=bool,
-                            count=len(quick))
-        if known.any():  # the same four-tuple is open in the table: the new SYN matters
-            quick = quick.take(np.flatnonzero(~known))
-        return quick if len(quick) else None
+                self._replay(self._held, key)
+            for key in list(self._open):
+                self._replay(self._open, key)
+            self._carried = None
+            return np.ones(n, dtype=bool)
+        flows, opened = self.flows, self._open
+        # each connection of the batch: in the table (1), carried open (2), or new (0)
+        where = np.fromiter((1 if k in flows else 2 if k in opened else 0 for k in keys),
+                            dtype=np.int8, count=len(keys))
+        carried = self._carried
+        old = None  # the carried rows of connections this batch goes on with
+        if carried is not None:
+            go_on = [opened.pop(keys[f])[1] for f in np.flatnonzero(where == 2).tolist()]
+            if go_on:
+                at = np.flatnonzero(where == 2)
+                ids = np.asarray(go_on)
+                span = [np.arange(carried.first[i], carried.last[i] + 1) for i in go_on]
+                lens = np.array([len(x) for x in span])
+                idx = np.concatenate(span)
+                old = {k: carried.rows[k][idx] for k in carried.rows}
+                old["flow"] = np.repeat(at, lens)
+                carried.live[ids] = False
+        cand = np.flatnonzero(where[c["flow"]] != 1)  # rows of new and carried connections
+        labels: dict[tuple[int, int], str | None] = {}
 
-    def _replay(self, key: bytes) -> None:
-        """A held connection through `packet`, as it would have gone in its batch."""
-        block, i = self._held.pop(key)
+        def label(ifc: int, ifx: int) -> str | None:
+            if (ifc, ifx) not in labels:
+                labels[(ifc, ifx)] = iface_label(ifc, ifx)
+            return labels[(ifc, ifx)]
+
+        new = {k: c[k][cand] for k in _KEEP}
+        new["flow"] = c["flow"][cand]
+        new["label"] = np.array([label(i, j) for i, j in zip(
+            c["iface"][cand].tolist(), c["ifindex"][cand].tolist(), strict=True)], dtype=object)
+        rows = new if old is None else {k: np.concatenate([old[k], new[k]]) for k in new}
+        seq = np.r_[np.arange(-len(old["flow"]), 0) if old is not None else [], cand]
+        order = np.lexsort((seq, rows["flow"]))
+        rows = {k: v[order] for k, v in rows.items()}
+        head, last, shape = _shapes(rows["flow"], rows["flags"], rows["a_is_src"])
+        flow_of = rows["flow"][head]
+        # not plain after all: the carried rows through `packet` now (they are older than
+        # anything in this batch), the batch's own rows in their turn
+        for g in np.flatnonzero((shape == OTHER) & (where[flow_of] == 2)).tolist():
+            for r in range(int(head[g]), int(last[g]) + 1):
+                if seq[order[r]] >= 0:
+                    break
+                self._packet_row(keys[int(flow_of[g])], rows, r)
+        done = np.flatnonzero((shape == DONE_SF) | (shape == DONE_REJ))
+        if len(done):
+            block = self._keep(keys, rows, flow_of[done], head[done], last[done])
+            block.quick = _quick_of(block.keys, np.where(shape[done] == DONE_SF, SF, REJ),
+                                    rows["ts"][head[done]], rows["ts"][last[done]],
+                                    rows["a_is_src"][head[done]])
+            self._blocks.append(block)
+            for i, key in enumerate(block.keys):
+                self._held[key] = (block, i)
+        opening = np.flatnonzero(shape == OPEN)
+        fresh = self._keep(keys, rows, flow_of[opening], head[opening], last[opening])
+        self._carried = self._merge_open(fresh)
+        aside = np.zeros(len(keys), dtype=bool)
+        aside[flow_of[shape != OTHER]] = True
+        return ~aside[c["flow"]]
+
+    @staticmethod
+    def _keep(keys: list[bytes], rows: dict[str, np.ndarray], flows: np.ndarray,
+              head: np.ndarray, last: np.ndarray) -> _Rows:
+        idx = np.concatenate([np.arange(h, t + 1) for h, t in zip(
+            head.tolist(), last.tolist(), strict=True)]) if len(head) else np.zeros(0, int)
+        size = last - head + 1
+        first = np.r_[0, np.cumsum(size)[:-1]] if len(size) else size
+        return _Rows([keys[f] for f in flows.tolist()],
+                     {k: v[idx] for k, v in rows.items() if k != "flow"},
+                     first, first + size - 1)
+
+    def _merge_open(self, fresh: _Rows) -> _Rows | None:
+        """The connections still open: those carried and not seen again, and `fresh`."""
+        parts = [fresh]
+        old = self._carried
+        if old is not None and old.live.any():
+            ids = np.flatnonzero(old.live)
+            parts.insert(0, self._keep(old.keys, {**old.rows, "flow": None},
+                                       ids, old.first[ids], old.last[ids]))
+        keys = [k for p in parts for k in p.keys]
+        if not keys:
+            self._open = {}
+            return None
+        sizes = np.concatenate([p.last - p.first + 1 for p in parts])
+        first = np.r_[0, np.cumsum(sizes)[:-1]]
+        merged = _Rows(keys, {k: np.concatenate([p.rows[k] for p in parts])
+                              for k in parts[0].rows}, first, first + sizes - 1)
+        self._open = {k: (merged, i) for i, k in enumerate(keys)}
+        return merged
+
+    def _packet_row(self, key: bytes, rows: dict[str, np.ndarray], r: int) -> None:
+        self.packet(key, bool(rows["a_is_src"][r]), float(rows["ts"][r]),
+                    int(rows["flags"][r]), int(rows["seq"][r]), int(rows["ack"][r]),
+                    int(rows["payload"][r]), int(rows["ip_len"][r]), int(rows["ttl"][r]),
+                    int(rows["ipid"][r]), rows["label"][r])
+
+    def _replay(self, table: dict[bytes, tuple[_Rows, int]], key: bytes) -> None:
+        """A connection set aside (held or carried) through `packet`, as it would have
+        gone in its batch."""
+        block, i = table.pop(key)
         block.live[i] = False
-        f = int(block.quick.flow[i])
-        c = block.rows
-        for r in np.flatnonzero(c["flow"] == f).tolist():
-            self.packet(key, bool(c["a_is_src"][r]), float(c["ts"][r]), int(c["flags"][r]),
-                        int(c["seq"][r]), int(c["ack"][r]), int(c["payload"][r]),
-                        int(c["ip_len"][r]), int(c["ttl"][r]), int(c["ipid"][r]),
-                        block.label(int(c["iface"][r]), int(c["ifindex"][r])))
+        for r in range(int(block.first[i]), int(block.last[i]) + 1):
+            self._packet_row(key, block.rows, r)
 
     def _release(self, now: float | None) -> None:
         """Count the held connections closed for close_delay at `now` (None: all)."""
         parts = []
         keep = []
         for block in self._blocks:
+            assert block.quick is not None
             done = block.live.copy()
             if now is not None:
                 done &= now - block.quick.end > self.close_delay
             if done.any():
                 rows = np.flatnonzero(done)
                 parts.append(block.quick.take(rows))
-                for f in block.quick.flow[rows].tolist():
-                    del self._held[block.keys[f]]
+                for i in rows.tolist():
+                    del self._held[block.keys[i]]
                 block.live[rows] = False
             if block.live.any():
                 keep.append(block)
         self._blocks = keep
         if parts and self.on_quick is not None:
             self.on_quick(Quick.join(parts))
+
+    def _reopen_idle(self, now: float | None) -> None:
+        """Carried connections idle past idle_timeout at `now` (None: all) go to the table,
+        which finishes them as it finishes its own."""
+        carried = self._carried
+        if carried is None:
+            return
+        for key, (_block, i) in list(self._open.items()):
+            if now is None or now - float(carried.rows["ts"][carried.last[i]]) > \
+                    self.idle_timeout:
+                self._replay(self._open, key)
+        if not self._open:
+            self._carried = None
 
     def take_refusals(self, plan: Plan, iface_label: Callable[[int, int], str | None]) -> Plan:
         """Live capture's fast path: report the refused connects that open and end inside
@@ -584,6 +698,8 @@ class FlowTable:
         a, b = addr_bytes(err.src), addr_bytes(err.dst)
         ka, kb = a + err.sport.to_bytes(2, "big"), b + err.dport.to_bytes(2, "big")
         key = ka + kb if ka <= kb else kb + ka
+        if key in self._open:  # carried open (a SYN, say): the table decides from here on
+            self._replay(self._open, key)
         flow = self.flows.get(key)
         if flow is None or flow.resp.pkts or flow.a_is_orig != (ka <= kb):
             return
@@ -594,6 +710,7 @@ class FlowTable:
     def sweep(self, now: float) -> None:
         """Finish connections idle past their timeout (closed ones sooner)."""
         self._next_sweep = now + 10.0
+        self._reopen_idle(now)
         if self._blocks:
             self._release(now)
         stale = [
@@ -622,6 +739,7 @@ class FlowTable:
 
     def close(self) -> None:
         """End of input: finish everything still open."""
+        self._reopen_idle(None)
         self._release(None)
         for f in list(self.flows.values()):
             self._finish(f)

@@ -82,9 +82,8 @@ class Prepared:
 
 
 def prepare(batch: RecordBatch, selection: Selection, stats: DecodeStats,
-            counts: bool, quick: bool = False) -> Prepared:
-    """Everything about a batch that needs no connection state (numpy only). `quick`: find
-    the plain connections that can be counted together (`FlowTable.on_quick`)."""
+            counts: bool) -> Prepared:
+    """Everything about a batch that needs no connection state (numpy only)."""
     found: list[tuple[int, IcmpError]] = []
     cols = decode_tcp(batch, stats, found)
     keep = selection.mask(cols)
@@ -94,7 +93,7 @@ def prepare(batch: RecordBatch, selection: Selection, stats: DecodeStats,
     icmp = [(float(batch.ts[r]), e, int(batch.iface[r]) if len(batch.interfaces) > 1 else -1,
              _sll2_ifindex(batch, r)) for r, e in found if selection.takes(float(batch.ts[r]), e)]
     return Prepared(
-        plan=plan_batch(cols, counts, quick),
+        plan=plan_batch(cols, counts),
         names=[i.name for i in batch.interfaces],
         first_ts=float(batch.ts.min()) if n else math.inf,
         last_ts=float(batch.ts.max()) if n else -math.inf,
@@ -159,13 +158,8 @@ class Analysis:
                                counts=on_conn is not None, unanswered_only=not summarize,
                                on_icmp=icmp_cb, on_quick=quick)
 
-    @property
-    def quick(self) -> bool:
-        """Whether batches should be prepared with their plain connections found."""
-        return self.table.on_quick is not None
-
     def feed(self, batch: RecordBatch) -> Prepared:
-        p = prepare(batch, self.selection, self.stats, self.table.counts, self.quick)
+        p = prepare(batch, self.selection, self.stats, self.table.counts)
         self.feed_prepared(p)
         return p
 

@@ -18,7 +18,7 @@ from rsthound.formats.inet import ACK, FIN, PROTO_TCP, RST, SYN, NotTcp, parse_i
 from rsthound.formats.records import RecordBatch, rows_at, unaligned
 
 KEY_LEN = 36  # address A (16) port A (2) address B (16) port B (2); A sorts first
-_KEY_DTYPE = np.dtype([("a_hi", ">u8"), ("a_lo", ">u8"), ("a_port", ">u2"),
+KEY_DTYPE = np.dtype([("a_hi", ">u8"), ("a_lo", ">u8"), ("a_port", ">u2"),
                        ("b_hi", ">u8"), ("b_lo", ">u8"), ("b_port", ">u2")])
 V4_MAPPED = np.uint64(0xFFFF00000000)
 _V6_EXT = np.array([0, 43, 44, 60, 51, 135, 139, 140], dtype=np.uint8)
@@ -91,7 +91,7 @@ class TcpColumns:
 
     def key_bytes(self, rows: np.ndarray) -> list[bytes]:
         """The 36-byte keys (address A, port A, address B, port B) of the given rows."""
-        packed = np.empty(len(rows), dtype=_KEY_DTYPE)
+        packed = np.empty(len(rows), dtype=KEY_DTYPE)
         for name in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port"):
             packed[name] = getattr(self, name)[rows]
         raw = packed.tobytes()
@@ -385,8 +385,8 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
     if len(h) and not all((getattr(cols, f) == getattr(cols, f)[rep]).all()
                           for f in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port")):
         # A 64-bit hash collision inside one batch: fall back to exact keys.
-        packed = np.empty(len(h), dtype=_KEY_DTYPE)
-        for f in _KEY_DTYPE.names:
+        packed = np.empty(len(h), dtype=KEY_DTYPE)
+        for f in KEY_DTYPE.names:
             packed[f] = getattr(cols, f)
         _, flow = np.unique(packed.view(f"V{KEY_LEN}"), return_inverse=True)
         flow = flow.ravel().astype(np.int64)
