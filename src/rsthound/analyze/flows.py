@@ -96,19 +96,19 @@ _ENDS = ("orig_hi", "orig_lo", "resp_hi", "resp_lo", "resp_port")
 
 @dataclass
 class Quick:
-    """Connections whose whole life in one batch is a plain shape, told apart from the
-    rest by `plan_batch` with numpy alone. In summary-only mode, as `packet` would see
-    them (only control packets and each side's first packet count there):
+    """Connections whose life is a plain shape, told apart from the rest with numpy
+    (`_shapes`). In summary-only mode, as `packet` would see them (only control packets
+    and each side's first packet of a batch count there):
 
     - SF: a SYN alone, a SYN-ACK from the other side, then one FIN from each side (in
-      either order), and nothing else: both sides close, conn_state SF.
+      either order) and plain packets only: both sides close, conn_state SF.
     - REJ: a SYN alone, then a RST (no SYN, no FIN) from the other side as its first
       packet: refused, conn_state REJ, and one reset of kind refused.
 
     Every other shape, even a retransmitted FIN, goes through `packet`.
     """
 
-    flow: np.ndarray  # flow number in the batch (index of Plan.keys)
+    flow: np.ndarray  # the connection's number among those told together
     kind: np.ndarray  # SF or REJ
     start: np.ndarray  # time of the SYN
     end: np.ndarray  # time of the last packet (the RST of a REJ)
@@ -288,7 +288,7 @@ class FlowTable:
         on_icmp: Callable[[Icmp], None] = lambda _i: None,
         on_quick: Callable[[Quick], None] | None = None,
     ) -> None:
-        """`on_quick`: the plain connections `plan_batch` found, counted together, in
+        """`on_quick`: the plain connections set aside by `apply`, counted together, in
         place of `on_conn` and `on_reset` one at a time (summary only: for each, `on_conn`
         would have been told a Conn with uid "", `on_reset` a refusal for each REJ)."""
         self.on_conn = on_conn
