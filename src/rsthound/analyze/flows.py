@@ -90,8 +90,10 @@ class Flow:
 _ROWS = ("flow", "epoch", "ctl", "a_is_src", "ts", "flags", "seq", "ack", "payload", "ip_len",
          "ttl", "ipid", "iface", "ifindex")
 _BULK = ("flow", "epoch", "a_is_src", "count", "ip_bytes", "seq_end", "ts")
-SF, REJ = 0, 1  # the shapes of a Quick connection
-_ENDS = ("orig_hi", "orig_lo", "resp_hi", "resp_lo", "resp_port")
+# What a Quick connection ended as: its conn_state, and its failure (None, or a kind)
+STATES = ("SF", "REJ", "RSTO", "RSTR")
+FAILURE = (None, ResetKind.REFUSED, ResetKind.ABORT, ResetKind.AFTER_CLOSE, ResetKind.INJECTED)
+SF, REJ, RSTO, RSTR = range(4)
 
 
 @dataclass
@@ -104,12 +106,15 @@ class Quick:
       either order) and plain packets only: both sides close, conn_state SF.
     - REJ: a SYN alone, then a RST (no SYN, no FIN) from the other side as its first
       packet: refused, conn_state REJ, and one reset of kind refused.
+    - aborted: a SYN, the SYN-ACK, plain packets and at most one FIN each way, then one
+      or two RSTs from one side and nothing after: RSTO or RSTR (SF when both sides had
+      closed), each reset an abort, after-close or injected? as `packet` would judge it.
 
     Every other shape, even a retransmitted FIN, goes through `packet`.
     """
 
-    flow: np.ndarray  # the connection's number among those told together
-    kind: np.ndarray  # SF or REJ
+    state: np.ndarray  # index of STATES
+    failure: np.ndarray  # index of FAILURE
     start: np.ndarray  # time of the SYN
     end: np.ndarray  # time of the last packet (the RST of a REJ)
     orig_hi: np.ndarray  # the originator's address (the SYN's sender), as columns halves
@@ -117,17 +122,35 @@ class Quick:
     resp_hi: np.ndarray
     resp_lo: np.ndarray
     resp_port: np.ndarray
+    # the resets: which connection (index of the above), its kind (index of FAILURE),
+    # sent by the originator or not
+    reset_of: np.ndarray
+    reset_kind: np.ndarray
+    reset_by_orig: np.ndarray
+
+    _CONN = ("state", "failure", "start", "end", "orig_hi", "orig_lo", "resp_hi", "resp_lo",
+             "resp_port")
 
     def __len__(self) -> int:
-        return len(self.flow)
+        return len(self.state)
 
     def take(self, rows: np.ndarray) -> Quick:
-        return Quick(**{k: getattr(self, k)[rows] for k in self.__dataclass_fields__})
+        """The connections at `rows` (sorted), and their resets."""
+        new = np.full(len(self), -1)
+        new[rows] = np.arange(len(rows))
+        r = new[self.reset_of] >= 0
+        return Quick(**{k: getattr(self, k)[rows] for k in self._CONN},
+                     reset_of=new[self.reset_of[r]], reset_kind=self.reset_kind[r],
+                     reset_by_orig=self.reset_by_orig[r])
 
     @staticmethod
     def join(parts: list[Quick]) -> Quick:
-        return Quick(**{k: np.concatenate([getattr(p, k) for p in parts])
-                        for k in Quick.__dataclass_fields__})
+        base = np.cumsum([0] + [len(p) for p in parts[:-1]])
+        return Quick(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in Quick._CONN},
+                     reset_of=np.concatenate([p.reset_of + b for p, b in zip(parts, base,
+                                                                             strict=True)]),
+                     reset_kind=np.concatenate([p.reset_kind for p in parts]),
+                     reset_by_orig=np.concatenate([p.reset_by_orig for p in parts]))
 
 
 @dataclass
@@ -201,57 +224,133 @@ def _firsts(fs: np.ndarray, side: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(firsts))
 
 
-OTHER, DONE_SF, DONE_REJ, OPEN = range(4)  # what `_shapes` makes of a connection's rows
+OTHER, DONE, OPEN = range(3)  # what `_shapes` makes of a connection's rows
 _KEEP = ("a_is_src", "ts", "flags", "seq", "ack", "payload", "ip_len", "ttl", "ipid")
 
 
-def _shapes(flow: np.ndarray, flags: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, ...]:
+@dataclass
+class _Shapes:
+    """What `_shapes` made of connections' rows: by connection, its first and last row
+    and shape; for the DONE ones, their state and failure (Quick's codes); and the rows
+    that are resets, with their kinds."""
+
+    head: np.ndarray
+    last: np.ndarray
+    shape: np.ndarray
+    state: np.ndarray
+    failure: np.ndarray
+    rst: np.ndarray  # rows
+    rst_kind: np.ndarray
+
+
+def _shapes(rows: dict[str, np.ndarray]) -> _Shapes:
     """Each connection's shape, from its rows as `packet` would see them in summary-only
     mode (control packets, and each side's first packet of a batch), given sorted by
-    connection and in order: (first row, last row, shape) by connection, shape one of
-    DONE_SF and DONE_REJ (Quick's), OPEN (so far one of those, unfinished: a bare SYN, or
-    a SYN, the SYN-ACK and then only plain packets and at most one FIN each way), OTHER."""
+    connection and in order: DONE (one of Quick's shapes), OPEN (so far one of those,
+    unfinished: a bare SYN, or a SYN, the SYN-ACK and then only plain packets and at most
+    one FIN each way), or OTHER."""
+    flow, flags, src = rows["flow"], rows["flags"], rows["a_is_src"]
     n = len(flow)
     starts = np.r_[True, flow[1:] != flow[:-1]] if n else np.zeros(0, dtype=bool)
     head = np.flatnonzero(starts)
+    ng = len(head)
     size = np.diff(np.r_[head, n])
     last = head + size - 1
     group = np.cumsum(starts) - 1
     fl = flags & (SYN | ACK | FIN | RST)
     ctl = fl & CTL
     syn = fl[head] == SYN
-    second = np.minimum(head + 1, n - 1)
+    second = np.minimum(head + 1, max(n - 1, 0))
     other_side = src[second] != src[head]
     rej = syn & (size == 2) & (ctl[second] == RST) & other_side
     answered = syn & (size >= 2) & (fl[second] == SYN | ACK) & other_side
-    # after the SYN-ACK: plain packets and FINs only, one FIN from each side at most
+    # after the SYN-ACK: plain packets and FINs, one FIN from each side at most, then
+    # perhaps one or two RSTs from one side, and nothing after them
     later = np.arange(n) >= head[group] + 2
-    odd = later & (ctl != 0) & (ctl != FIN)
     fin = later & (ctl == FIN)
+    rst = later & (ctl == RST)
+    odd = later & (ctl != 0) & (ctl != FIN) & (ctl != RST)
     from_orig = src == src[head][group]
-    bad = np.bincount(group, weights=odd, minlength=len(head)) > 0
-    fins_o = np.bincount(group, weights=fin & from_orig, minlength=len(head))
-    fins_r = np.bincount(group, weights=fin & ~from_orig, minlength=len(head))
-    plain = answered & ~bad & (fins_o <= 1) & (fins_r <= 1)
+
+    def count(m: np.ndarray) -> np.ndarray:
+        return np.bincount(group, weights=m, minlength=ng).astype(np.int64)
+
+    fins_o, fins_r = count(fin & from_orig), count(fin & ~from_orig)
+    rsts, rsts_o = count(rst), count(rst & from_orig)
+    first_rst = np.full(ng, n)
+    np.minimum.at(first_rst, group[rst], np.flatnonzero(rst))
+    fits = answered & (count(odd) == 0) & (fins_o <= 1) & (fins_r <= 1)
+    plain = fits & (rsts == 0)
     sf = plain & (fins_o == 1) & (fins_r == 1)
-    shape = np.full(len(head), OTHER)
+    aborted = fits & (rsts >= 1) & (rsts <= 2) & ((rsts_o == 0) | (rsts_o == rsts)) & (
+        last - first_rst + 1 == rsts)
+    shape = np.full(ng, OTHER)
     shape[(syn & (size == 1)) | (plain & ~sf)] = OPEN
-    shape[sf] = DONE_SF
-    shape[rej] = DONE_REJ
-    return head, last, shape
+    shape[sf | rej | aborted] = DONE
+    state = np.where(rej, REJ, SF)
+    failure = np.where(rej, 1, 0)
+    # the resets of the aborted, judged as `packet` judges them: on the sender's earlier
+    # rows of the connection (their TTLs, their last IP ID) and the FINs before
+    rr = np.flatnonzero(rst & aborted[group])
+    kinds = np.zeros(len(rr), dtype=np.int64)
+    if len(rr):
+        g = group[rr]
+        idx, span = _spans_of(head[g], rr - 1)
+        owner = np.repeat(np.arange(len(rr)), span)
+        same = src[idx] == src[rr][owner]
+        ttl, ipid = rows["ttl"], rows["ipid"]
+        seen = np.bincount(owner, weights=same & (ttl[idx] == ttl[rr][owner]),
+                           minlength=len(rr)) > 0
+        where = np.where(same & (ipid[idx] >= 0), idx, -1)
+        prev = np.maximum.reduceat(where, np.r_[0, np.cumsum(span)[:-1]])
+        prev_id = np.where(prev >= 0, ipid[np.maximum(prev, 0)], -1)
+        back = (prev_id - ipid[rr]) & 0xFFFF
+        injected = ~seen | ((prev_id > 0) & (ipid[rr] > 0) & (back > 64) & (back < 0x8000))
+        fins = np.bincount(owner, weights=ctl[idx] == FIN, minlength=len(rr)) > 0
+        kinds = np.where(injected, 4, np.where(fins, 3, 2))
+        first = rr == first_rst[g]
+        gf = g[first]
+        failure[gf] = kinds[first]
+        # the sender's state before its first RST: closed if it sent a FIN; both closed,
+        # and a RST changes nothing (SF), otherwise RSTO or RSTR
+        by_orig = from_orig[rr[first]]
+        own_fin = np.where(by_orig, fins_o[gf], fins_r[gf]) > 0
+        peer_fin = np.where(by_orig, fins_r[gf], fins_o[gf]) > 0
+        state[gf] = np.where(own_fin & peer_fin, SF, np.where(by_orig, RSTO, RSTR))
+    refused = second[rej]  # a REJ's RST: a refusal
+    return _Shapes(head, last, shape, state, failure, np.r_[rr, refused],
+                   np.r_[kinds, np.ones(len(refused), dtype=np.int64)])
 
 
-def _quick_of(keys: list[bytes], kind: np.ndarray, start: np.ndarray, end: np.ndarray,
-              a_orig: np.ndarray) -> Quick:
-    """Quick records of connections from their keys and what their rows said."""
+def _spans_of(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The indexes from each first to its last, one after the other, and how many each."""
+    size = last - first + 1
+    if not len(size):
+        return np.zeros(0, dtype=np.int64), size
+    ends = np.cumsum(size)
+    return np.arange(ends[-1]) + np.repeat(first - (ends - size), size), size
+
+
+def _quick_of(keys: list[bytes], rows: dict[str, np.ndarray], sh: _Shapes, done: np.ndarray,
+              ) -> Quick:
+    """Quick records of the connections `done` (of `sh`), from their keys and rows."""
     k = np.frombuffer(b"".join(keys), dtype=KEY_DTYPE)
     a_hi, a_lo, b_hi, b_lo = (k[f].astype(np.uint64) for f in ("a_hi", "a_lo", "b_hi",
                                                                  "b_lo"))
+    a_orig = rows["a_is_src"][sh.head[done]]
+    at = np.full(len(sh.head), -1)
+    at[done] = np.arange(len(done))
+    group = np.searchsorted(sh.head, sh.rst, side="right") - 1
+    mine = at[group] >= 0
+    reset_of = at[group[mine]]
     return Quick(
-        flow=np.arange(len(keys)), kind=kind, start=start, end=end,
+        state=sh.state[done], failure=sh.failure[done],
+        start=rows["ts"][sh.head[done]], end=rows["ts"][sh.last[done]],
         orig_hi=np.where(a_orig, a_hi, b_hi), orig_lo=np.where(a_orig, a_lo, b_lo),
         resp_hi=np.where(a_orig, b_hi, a_hi), resp_lo=np.where(a_orig, b_lo, a_lo),
         resp_port=np.where(a_orig, k["b_port"], k["a_port"]).astype(np.int64),
+        reset_of=reset_of, reset_kind=sh.rst_kind[mine],
+        reset_by_orig=rows["a_is_src"][sh.rst[mine]] == a_orig[reset_of],
     )
 
 
@@ -484,8 +583,9 @@ class FlowTable:
             return np.ones(n, dtype=bool)
         flows, opened = self.flows, self._open
         # each connection of the batch: in the table (1), carried open (2), or new (0)
-        where = np.fromiter((1 if k in flows else 2 if k in opened else 0 for k in keys),
-                            dtype=np.int8, count=len(keys))
+        where = np.fromiter(map(flows.__contains__, keys), dtype=np.int8, count=len(keys))
+        if opened:
+            where[np.fromiter(map(opened.__contains__, keys), dtype=bool, count=len(keys))] = 2
         carried = self._carried
         old = None  # the carried rows of connections this batch goes on with
         if carried is not None:
@@ -493,29 +593,25 @@ class FlowTable:
             if go_on:
                 at = np.flatnonzero(where == 2)
                 ids = np.asarray(go_on)
-                span = [np.arange(carried.first[i], carried.last[i] + 1) for i in go_on]
-                lens = np.array([len(x) for x in span])
-                idx = np.concatenate(span)
+                idx, lens = _spans_of(carried.first[ids], carried.last[ids])
                 old = {k: carried.rows[k][idx] for k in carried.rows}
                 old["flow"] = np.repeat(at, lens)
                 carried.live[ids] = False
         cand = np.flatnonzero(where[c["flow"]] != 1)  # rows of new and carried connections
-        labels: dict[tuple[int, int], str | None] = {}
-
-        def label(ifc: int, ifx: int) -> str | None:
-            if (ifc, ifx) not in labels:
-                labels[(ifc, ifx)] = iface_label(ifc, ifx)
-            return labels[(ifc, ifx)]
-
         new = {k: c[k][cand] for k in _KEEP}
         new["flow"] = c["flow"][cand]
-        new["label"] = np.array([label(i, j) for i, j in zip(
-            c["iface"][cand].tolist(), c["ifindex"][cand].tolist(), strict=True)], dtype=object)
+        # each row's interface label, kept for a replay (most files have one interface)
+        pairs, which = np.unique(np.stack([c["iface"][cand], c["ifindex"][cand]]), axis=1,
+                                 return_inverse=True)
+        names = np.empty(pairs.shape[1], dtype=object)
+        names[:] = [iface_label(i, j) for i, j in pairs.T.tolist()]
+        new["label"] = names[which.ravel()]
         rows = new if old is None else {k: np.concatenate([old[k], new[k]]) for k in new}
         seq = np.r_[np.arange(-len(old["flow"]), 0) if old is not None else [], cand]
         order = np.lexsort((seq, rows["flow"]))
         rows = {k: v[order] for k, v in rows.items()}
-        head, last, shape = _shapes(rows["flow"], rows["flags"], rows["a_is_src"])
+        sh = _shapes(rows)
+        head, last, shape = sh.head, sh.last, sh.shape
         flow_of = rows["flow"][head]
         # not plain after all: the carried rows through `packet` now (they are older than
         # anything in this batch), the batch's own rows in their turn
@@ -524,12 +620,10 @@ class FlowTable:
                 if seq[order[r]] >= 0:
                     break
                 self._packet_row(keys[int(flow_of[g])], rows, r)
-        done = np.flatnonzero((shape == DONE_SF) | (shape == DONE_REJ))
+        done = np.flatnonzero(shape == DONE)
         if len(done):
             block = self._keep(keys, rows, flow_of[done], head[done], last[done])
-            block.quick = _quick_of(block.keys, np.where(shape[done] == DONE_SF, SF, REJ),
-                                    rows["ts"][head[done]], rows["ts"][last[done]],
-                                    rows["a_is_src"][head[done]])
+            block.quick = _quick_of(block.keys, rows, sh, done)
             self._blocks.append(block)
             for i, key in enumerate(block.keys):
                 self._held[key] = (block, i)
@@ -543,9 +637,7 @@ class FlowTable:
     @staticmethod
     def _keep(keys: list[bytes], rows: dict[str, np.ndarray], flows: np.ndarray,
               head: np.ndarray, last: np.ndarray) -> _Rows:
-        idx = np.concatenate([np.arange(h, t + 1) for h, t in zip(
-            head.tolist(), last.tolist(), strict=True)]) if len(head) else np.zeros(0, int)
-        size = last - head + 1
+        idx, size = _spans_of(head, last)
         first = np.r_[0, np.cumsum(size)[:-1]] if len(size) else size
         return _Rows([keys[f] for f in flows.tolist()],
                      {k: v[idx] for k, v in rows.items() if k != "flow"},

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rsthound.analyze.evidence import n_of
-from rsthound.analyze.flows import REJ, Quick
+from rsthound.analyze.flows import FAILURE, REJ, STATES, Quick
 from rsthound.formats.inet import format_addr
 from rsthound.model import Conn, Damage, Icmp, Reset, ResetKind
 from rsthound.textforms import endpoint, rate, seconds, steady
@@ -169,29 +169,44 @@ class Summarizer:
             s.fail_last = max(s.fail_last, t)
 
     def quick(self, q: Quick) -> None:
-        """Plain connections counted together: what `conn` (and `reset`, for the REJ's
-        refusal) would have made of each, one at a time."""
+        """Plain connections counted together: what `conn` (and `reset`, for each of their
+        resets) would have made of each, one at a time."""
         s = self.s
-        rej = q.kind == REJ
-        nrej = int(rej.sum())
         s.conns += len(q)
-        for counter, key, n in ((s.states, "SF", len(q) - nrej), (s.states, "REJ", nrej),
-                                (s.failures, "refused", nrej), (s.resets, "refused", nrej)):
+        for code, n in enumerate(np.bincount(q.state, minlength=len(STATES)).tolist()):
             if n:  # a Counter shows a key once it is touched, even by zero
-                counter[key] += n
-        # by service: its conns, answered (SF) and refused (REJ)
+                s.states[STATES[code]] += n
+        for code, n in enumerate(np.bincount(q.failure, minlength=len(FAILURE)).tolist()):
+            if n and code:
+                s.failures[FAILURE[code].value] += n  # type: ignore[union-attr]
+        for code, n in enumerate(np.bincount(q.reset_kind, minlength=len(FAILURE)).tolist()):
+            if n:
+                s.resets[FAILURE[code].value] += n  # type: ignore[union-attr]
+        # by service: its conns, answered, refused, resets
+        refusal = FAILURE.index(ResetKind.REFUSED)
+        rej = q.failure == refusal
         rep, which = _groups(q.resp_hi, q.resp_lo, q.resp_port.astype(np.uint64))
         conns = np.bincount(which, minlength=len(rep))
+        answered = np.bincount(which, weights=(q.state != REJ) & ~rej,
+                               minlength=len(rep)).astype(np.int64)
         refused = np.bincount(which, weights=rej, minlength=len(rep)).astype(np.int64)
         services = [self._service(self._addr(hi, lo), port) for hi, lo, port in zip(
             q.resp_hi[rep].tolist(), q.resp_lo[rep].tolist(), q.resp_port[rep].tolist(),
             strict=True)]
-        for svc, n, r in zip(services, conns.tolist(), refused.tolist(), strict=True):
+        for svc, n, a, r in zip(services, conns.tolist(), answered.tolist(), refused.tolist(),
+                                strict=True):
             svc.conns += n
-            svc.answered += n - r
+            svc.answered += a
             if r:
                 svc.failed["refused"] += r
-                svc.resets[("refused", "resp")] += r
+        if len(q.reset_of):
+            code = (which[q.reset_of] * len(FAILURE) + q.reset_kind) * 2 + q.reset_by_orig
+            kinds, n = np.unique(code, return_counts=True)
+            for c, k in zip(kinds.tolist(), n.tolist(), strict=True):
+                svc = services[c // (2 * len(FAILURE))]
+                kind = FAILURE[(c // 2) % len(FAILURE)]
+                svc.resets[(kind.value, "orig" if c % 2 else "resp")] += k  # type: ignore[union-attr]
+        nrej = int(rej.sum())
         if nrej:  # a refusal's time is its RST's
             t = q.end[rej]
             w = which[rej]
@@ -323,7 +338,7 @@ def findings(s: Summary, limit: int = 10) -> list[str]:
                 f"({n_of(svc.syn_retrans, 'SYN retransmission')}, no answer at all): a firewall "
                 "that drops, a host that is down, or a full listen queue."
             )
-        for (kind, by), n in sorted(svc.resets.items(), key=lambda kv: -kv[1]):
+        for (kind, by), n in sorted(svc.resets.items(), key=lambda kv: (-kv[1], kv[0])):
             if kind == "refused":
                 continue
             who = "the client" if by == "orig" else "the server"

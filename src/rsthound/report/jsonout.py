@@ -25,7 +25,7 @@ def summary_obj(s: Summary) -> dict[str, Any]:
     for svc in s.ranked():
         rate, span = svc.rate()
         resets: dict[str, dict[str, int]] = {}
-        for (kind, by), n in svc.resets.items():
+        for (kind, by), n in sorted(svc.resets.items(), key=lambda kv: (-kv[1], kv[0])):
             resets.setdefault(kind, {})[by] = n
         services.append({
             "service": svc.name,
