@@ -601,14 +601,16 @@ class FlowTable:
         new = {k: c[k][cand] for k in _KEEP}
         new["flow"] = c["flow"][cand]
         # each row's interface label, kept for a replay (most files have one interface)
-        pairs, which = np.unique(np.stack([c["iface"][cand], c["ifindex"][cand]]), axis=1,
-                                 return_inverse=True)
-        names = np.empty(pairs.shape[1], dtype=object)
-        names[:] = [iface_label(i, j) for i, j in pairs.T.tolist()]
+        pair = (c["iface"][cand] + 1) << 32 | (c["ifindex"][cand] + 1)
+        pairs, which = np.unique(pair, return_inverse=True)
+        names = np.empty(len(pairs), dtype=object)
+        names[:] = [iface_label((p >> 32) - 1, (p & 0xFFFFFFFF) - 1) for p in pairs.tolist()]
         new["label"] = names[which.ravel()]
         rows = new if old is None else {k: np.concatenate([old[k], new[k]]) for k in new}
+        # by connection, in order: a stable sort keeps the carried rows (first, in their
+        # order) before the batch's
         seq = np.r_[np.arange(-len(old["flow"]), 0) if old is not None else [], cand]
-        order = np.lexsort((seq, rows["flow"]))
+        order = np.argsort(rows["flow"], kind="stable")
         rows = {k: v[order] for k, v in rows.items()}
         sh = _shapes(rows)
         head, last, shape = sh.head, sh.last, sh.shape
