@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from rsthound.analyze import zeek
 from rsthound.analyze.zeek import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, SYN_SENT
-from rsthound.formats.columns import KEY_DTYPE, TcpColumns
+from rsthound.formats.columns import KEY_DTYPE, KEY_LEN, TcpColumns
 from rsthound.formats.icmp import IcmpError
 from rsthound.formats.inet import ACK, FIN, RST, SYN, addr_bytes, format_addr
 from rsthound.model import Conn, Icmp, Reset, ResetKind
@@ -160,8 +161,15 @@ class Plan:
     order, and, when counts are wanted, the rest folded into groups per connection side."""
 
     rows: dict[str, np.ndarray]  # columns named in _ROWS
-    keys: list[bytes]  # connection key of each flow number
+    packed: bytes  # the connection keys of the flow numbers, one after the other
     bulk: dict[str, np.ndarray] | None  # columns named in _BULK
+
+    @cached_property
+    def keys(self) -> list[bytes]:
+        """The connection key of each flow number (made where the plan is used: one
+        bytes object travels between processes faster than a list of them)."""
+        p = self.packed
+        return [p[i:i + KEY_LEN] for i in range(0, len(p), KEY_LEN)]
 
 
 def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
@@ -205,7 +213,7 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
         "flow": flow[rows], "epoch": epoch[rows], "ctl": ctl[rows],
         **{k: getattr(cols, k)[rows] for k in _ROWS[3:]},
     }
-    return Plan(cols_kept, cols.key_bytes(flow_first), bulk)
+    return Plan(cols_kept, cols.packed_keys(flow_first), bulk)
 
 
 def _firsts(fs: np.ndarray, side: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -765,7 +773,7 @@ class FlowTable:
         if not taken.any():
             return plan
         keep = ~taken
-        return Plan({k: v[keep] for k, v in c.items()}, plan.keys, None)
+        return Plan({k: v[keep] for k, v in c.items()}, plan.packed, None)
 
     def _apply_bulk(self, key: bytes, groups: list[tuple] | tuple) -> None:
         flow = self.flows.get(key)
