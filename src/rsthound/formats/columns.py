@@ -225,9 +225,19 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     is4 = v4[rows]
     kept = head if len(rows) == n else head[rows]  # (rows of bytes gather fast; records do not)
     a4, a6 = kept.view(_IP4)[:, 0], kept.view(_IP6)[:, 0]
+
+    def pick(f4: str, f6: str | None = None, v6: int | None = None,
+             dtype: type = np.int64) -> np.ndarray:
+        """A field of each row: from its IPv4 layout, then its IPv6 one where it is IPv6
+        (`f6`; or the constant `v6`)."""
+        out = a4[f4].astype(dtype)
+        six = np.flatnonzero(~is4)
+        if len(six):
+            out[six] = v6 if f6 is None else a6[f6][six]
+        return out
+
     # the TCP fields: from the rows gathered above, but for IPv4 with options
-    tf = {k: np.where(is4, a4[k], a6[k]) for k in ("sport", "dport", "seq", "ack", "doff",
-                                                    "flags")}
+    tf = {k: pick(k, k) for k in ("sport", "dport", "seq", "ack", "doff", "flags")}
     opts = np.flatnonzero(is4 & (ihl[rows] != 20))
     if len(opts):
         tl = l4[rows[opts]]
@@ -241,14 +251,17 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
         rows, doff, is4, a4, a6 = rows[good], doff[good], is4[good], a4[good], a6[good]
         tf = {k: v[good] for k, v in tf.items()}
     ip, tl = p[rows], l4[rows]  # IP header, TCP header
-    ip_len = np.where(is4, a4["ip_len"], a6["plen"].astype(np.int64) + 40).astype(np.int64)
+    ip_len = pick("ip_len", "plen")
+    ip_len[~is4] += 40
     payload = np.maximum(ip_len - (tl - ip) - doff, 0)
-    sport = tf["sport"].astype(np.int64)
-    dport = tf["dport"].astype(np.int64)
-    src = (np.where(is4, np.uint64(0), a6["src_hi"]),
-           np.where(is4, V4_MAPPED | a4["src"].astype(np.uint64), a6["src_lo"]))
-    dst = (np.where(is4, np.uint64(0), a6["dst_hi"]),
-           np.where(is4, V4_MAPPED | a4["dst"].astype(np.uint64), a6["dst_lo"]))
+    sport, dport = tf["sport"], tf["dport"]
+    src_lo, dst_lo = (pick(k, k + "_lo", dtype=np.uint64) for k in ("src", "dst"))
+    src_lo[is4] |= V4_MAPPED
+    dst_lo[is4] |= V4_MAPPED
+    src = (pick("src", "src_hi", dtype=np.uint64), src_lo)
+    dst = (pick("dst", "dst_hi", dtype=np.uint64), dst_lo)
+    src[0][is4] = 0
+    dst[0][is4] = 0
     fast = TcpColumns(
         rec=rows,
         ts=batch.ts[rows],
@@ -262,8 +275,8 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
         ack=tf["ack"].astype(np.int64),
         payload=payload,
         ip_len=ip_len,
-        ttl=np.where(is4, a4["ttl"], a6["hlim"]).astype(np.int64),
-        ipid=np.where(is4, a4["ipid"].astype(np.int64), -1),
+        ttl=pick("ttl", "hlim"),
+        ipid=pick("ipid", v6=-1),
         iface=_iface(batch, rows),
         ifindex=ifindex[rows],
     )
