@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TextIO
 
-import shtab
-
 from rsthound import __version__
 from rsthound.commands import NAMES, Exit
 from rsthound.errors import RstHoundError
@@ -36,7 +34,9 @@ def _command(name: str) -> ModuleType:
     return importlib.import_module(f"rsthound.commands.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `only`, the same with that command alone (so that running
+    one command imports only what it needs)."""
     p = _Parser(
         prog="rsthound",
         description="Track down failed TCP connections and RST packets, and explain them.",
@@ -45,11 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"rsthound {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    # completion scripts made from this parser (shtab), e.g. --print-completion bash
-    shtab.add_argument_to(p, ["--print-completion"], help="print a completion script for "
-                          "this shell (bash, zsh, tcsh) and exit")
+    if only is None:
+        import shtab  # (a tenth of a second to import: only for the whole parser)
+
+        # completion scripts made from this parser (shtab), e.g. --print-completion bash
+        shtab.add_argument_to(p, ["--print-completion"], help="print a completion script "
+                              "for this shell (bash, zsh, tcsh) and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in NAMES:
+    for name in NAMES if only is None else [only]:
         _command(name).add_parser(sub)
     return p
 
@@ -58,9 +61,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
          stderr: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    parser = build_parser()
+    words = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(words[0] if words and words[0] in NAMES else None)
     try:
-        args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
+        args = parser.parse_args(words)
     except _UsageError as e:
         err.write(f"{e}\n")
         return Exit.ERROR
