@@ -16,9 +16,12 @@ least recently seen are evicted (and counted).
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import repeat
 
 import numpy as np
 
@@ -635,8 +638,7 @@ class FlowTable:
             block = self._keep(keys, rows, flow_of[done], head[done], last[done])
             block.quick = _quick_of(block.keys, rows, sh, done)
             self._blocks.append(block)
-            for i, key in enumerate(block.keys):
-                self._held[key] = (block, i)
+            self._held.update(zip(block.keys, zip(repeat(block), itertools.count()), strict=False))
         opening = np.flatnonzero(shape == OPEN)
         fresh = self._keep(keys, rows, flow_of[opening], head[opening], last[opening])
         self._carried = self._merge_open(fresh)
@@ -669,7 +671,7 @@ class FlowTable:
         first = np.r_[0, np.cumsum(sizes)[:-1]]
         merged = _Rows(keys, {k: np.concatenate([p.rows[k] for p in parts])
                               for k in parts[0].rows}, first, first + sizes - 1)
-        self._open = {k: (merged, i) for i, k in enumerate(keys)}
+        self._open = dict(zip(keys, zip(repeat(merged), itertools.count()), strict=False))
         return merged
 
     def _packet_row(self, key: bytes, rows: dict[str, np.ndarray], r: int) -> None:
@@ -698,8 +700,8 @@ class FlowTable:
             if done.any():
                 rows = np.flatnonzero(done)
                 parts.append(block.quick.take(rows))
-                for i in rows.tolist():
-                    del self._held[block.keys[i]]
+                keys = block.keys
+                deque(map(self._held.pop, (keys[i] for i in rows.tolist())), maxlen=0)
                 block.live[rows] = False
             if block.live.any():
                 keep.append(block)
