@@ -214,7 +214,7 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
     flow_first = order[starts]  # a flow's first row, by flow number
     cols_kept = {
         "flow": flow[rows], "epoch": epoch[rows], "ctl": ctl[rows],
-        **{k: getattr(cols, k)[rows] for k in _ROWS[3:]},
+        **cols.fields(_ROWS[3:], rows),
     }
     return Plan(cols_kept, cols.packed_keys(flow_first), bulk)
 

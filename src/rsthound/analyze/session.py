@@ -85,7 +85,7 @@ def prepare(batch: RecordBatch, selection: Selection, stats: DecodeStats,
             counts: bool) -> Prepared:
     """Everything about a batch that needs no connection state (numpy only)."""
     found: list[tuple[int, IcmpError]] = []
-    cols = decode_tcp(batch, stats, found)
+    cols = decode_tcp(batch, stats, found, lean=not counts)
     keep = selection.mask(cols)
     if keep is not None:
         cols = cols.take(np.flatnonzero(keep))

@@ -8,6 +8,7 @@ at once. Rarer shapes go through the reference decoder in `inet.py`, one packet 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,21 @@ class TcpColumns:
     iface: np.ndarray  # interface index in the file, -1 when the file does not say
     ifindex: np.ndarray  # Linux ifindex from SLL2, -1 otherwise
     by_flow: np.ndarray | None = None  # rows sorted by flow number (stable)
+    # decoded lean: the LATE fields are None, and made for the rows asked for by this
+    late: Callable[[np.ndarray | None], dict[str, np.ndarray]] | None = None
+
+    def fields(self, names: tuple[str, ...], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The named columns at `rows` (the LATE ones made for those rows alone)."""
+        made = self.late(rows) if self.late is not None else {}
+        return {k: made[k] if k in made else getattr(self, k)[rows] for k in names}
+
+    def complete(self) -> TcpColumns:
+        """Every column made (after a lean decode)."""
+        if self.late is not None:
+            for k, v in self.late(None).items():
+                setattr(self, k, v)
+            self.late = None
+        return self
 
     def __len__(self) -> int:
         return len(self.rec)
@@ -99,18 +115,26 @@ class TcpColumns:
 
     def take(self, rows: np.ndarray) -> TcpColumns:
         """The given rows only (flow numbers renumbered)."""
+        self.complete()
         _, flow = np.unique(self.flow[rows], return_inverse=True)
-        cols = TcpColumns(**{f: getattr(self, f)[rows] for f in _FIELDS if f != "by_flow"})
+        cols = TcpColumns(**{f: getattr(self, f)[rows] for f in _FIELDS
+                             if f not in ("by_flow", "late")})
         cols.flow = flow.ravel()
         cols.by_flow = np.argsort(cols.flow, kind="stable")
         return cols
 
 
+LATE = ("seq", "ack", "payload", "ip_len", "ttl", "ipid")  # what a lean decode puts off
+
+
 def decode_tcp(batch: RecordBatch, stats: DecodeStats,
-               icmp: list[tuple[int, IcmpError]] | None = None) -> TcpColumns:
+               icmp: list[tuple[int, IcmpError]] | None = None,
+               lean: bool = False) -> TcpColumns:
     """Decode every packet of `batch`; non-TCP packets are counted in `stats` and dropped.
     With `icmp`, the ICMP destination-unreachable messages about TCP are appended to it
-    (record index, message): they are rare, and read one at a time."""
+    (record index, message): they are rare, and read one at a time. `lean`: the LATE
+    columns are made only for the rows asked for (`TcpColumns.fields`), as a summary
+    needs them for a fifth of the packets."""
     n = len(batch)
     stats.packets += n
     buf = batch.buf
@@ -227,33 +251,59 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     a4, a6 = kept.view(_IP4)[:, 0], kept.view(_IP6)[:, 0]
 
     def pick(f4: str, f6: str | None = None, v6: int | None = None,
-             dtype: type = np.int64) -> np.ndarray:
-        """A field of each row: from its IPv4 layout, then its IPv6 one where it is IPv6
-        (`f6`; or the constant `v6`)."""
-        out = a4[f4].astype(dtype)
-        six = np.flatnonzero(~is4)
+             dtype: type = np.int64, sel: np.ndarray | None = None) -> np.ndarray:
+        """A field of each row (of `sel`): from its IPv4 layout, then its IPv6 one where
+        it is IPv6 (`f6`; or the constant `v6`)."""
+        four = is4 if sel is None else is4[sel]
+        out = (a4[f4] if sel is None else a4[f4][sel]).astype(dtype)
+        six = np.flatnonzero(~four)
         if len(six):
-            out[six] = v6 if f6 is None else a6[f6][six]
+            rows6 = six if sel is None else sel[six]
+            out[six] = v6 if f6 is None else a6[f6][rows6]
         return out
 
     # the TCP fields: from the rows gathered above, but for IPv4 with options
-    tf = {k: pick(k, k) for k in ("sport", "dport", "seq", "ack", "doff", "flags")}
+    tf = {k: pick(k, k) for k in ("sport", "dport", "doff", "flags")}
     opts = np.flatnonzero(is4 & (ihl[rows] != 20))
+    late_opts = {}
     if len(opts):
         tl = l4[rows[opts]]
-        for k, off, at in (("sport", 0, at16), ("dport", 2, at16), ("seq", 4, at32),
-                           ("ack", 8, at32), ("doff", 12, at8), ("flags", 13, at8)):
+        for k, off, at in (("sport", 0, at16), ("dport", 2, at16), ("doff", 12, at8),
+                           ("flags", 13, at8)):
             tf[k][opts] = at(tl + off)
+        late_opts = {"seq": at32(tl + 4).astype(np.int64), "ack": at32(tl + 8).astype(np.int64)}
     doff = (tf["doff"] >> 4).astype(np.int64) * 4
     good = doff >= 20
     stats.skipped["bad TCP header"] += int((~good).sum())
     if not good.all():
+        keep = np.flatnonzero(good)
         rows, doff, is4, a4, a6 = rows[good], doff[good], is4[good], a4[good], a6[good]
         tf = {k: v[good] for k, v in tf.items()}
+        if len(opts):
+            still = good[opts]
+            opts = np.searchsorted(keep, opts[still])
+            late_opts = {k: v[still] for k, v in late_opts.items()}
     ip, tl = p[rows], l4[rows]  # IP header, TCP header
-    ip_len = pick("ip_len", "plen")
-    ip_len[~is4] += 40
-    payload = np.maximum(ip_len - (tl - ip) - doff, 0)
+
+    def late(sel: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The LATE columns of the rows `sel` (None: all)."""
+        got = {k: pick(k, k, sel=sel) for k in ("seq", "ack")}
+        if len(opts):
+            if sel is None:
+                for k, v in late_opts.items():
+                    got[k][opts] = v
+            else:
+                at = np.searchsorted(opts, sel)
+                hit = (at < len(opts)) & (opts[np.minimum(at, len(opts) - 1)] == sel)
+                for k, v in late_opts.items():
+                    got[k][hit] = v[at[hit]]
+        ip_len = pick("ip_len", "plen", sel=sel)
+        four = is4 if sel is None else is4[sel]
+        ip_len[~four] += 40
+        i, t, o = (ip, tl, doff) if sel is None else (ip[sel], tl[sel], doff[sel])
+        return {**got, "payload": np.maximum(ip_len - (t - i) - o, 0), "ip_len": ip_len,
+                "ttl": pick("ttl", "hlim", sel=sel), "ipid": pick("ipid", v6=-1, sel=sel)}
+
     sport, dport = tf["sport"], tf["dport"]
     src_lo, dst_lo = (pick(k, k + "_lo", dtype=np.uint64) for k in ("src", "dst"))
     src_lo[is4] |= V4_MAPPED
@@ -262,6 +312,8 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     dst = (pick("dst", "dst_hi", dtype=np.uint64), dst_lo)
     src[0][is4] = 0
     dst[0][is4] = 0
+    slow_rows = np.flatnonzero(slow)
+    eager = late(None) if not lean or len(slow_rows) else dict.fromkeys(LATE)
     fast = TcpColumns(
         rec=rows,
         ts=batch.ts[rows],
@@ -271,17 +323,14 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
         flow=np.empty(0, dtype=np.int64),
         a_is_src=np.empty(0, dtype=bool),
         flags=tf["flags"].astype(np.int64),
-        seq=tf["seq"].astype(np.int64),
-        ack=tf["ack"].astype(np.int64),
-        payload=payload,
-        ip_len=ip_len,
-        ttl=pick("ttl", "hlim"),
-        ipid=pick("ipid", v6=-1),
         iface=_iface(batch, rows),
         ifindex=ifindex[rows],
+        **eager,  # type: ignore[arg-type]
     )
-    src, dst, sport, dport = _merge_slow(batch, np.flatnonzero(slow), link, fast, src, dst,
-                                         sport, dport, stats)
+    if eager["seq"] is None:
+        fast.late = late
+    src, dst, sport, dport = _merge_slow(batch, slow_rows, link, fast, src, dst, sport, dport,
+                                         stats)
     _keys(fast, src, dst, sport, dport)
     stats.tcp += len(fast)
     f = fast.flags
