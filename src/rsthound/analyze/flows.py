@@ -613,7 +613,10 @@ class FlowTable:
         new["flow"] = c["flow"][cand]
         # each row's interface label, kept for a replay (most files have one interface)
         pair = (c["iface"][cand] + 1) << 32 | (c["ifindex"][cand] + 1)
-        pairs, which = np.unique(pair, return_inverse=True)
+        if len(pair) and (pair == pair[0]).all():  # one interface, as in most files
+            pairs, which = pair[:1], np.zeros(len(pair), dtype=np.int64)
+        else:
+            pairs, which = np.unique(pair, return_inverse=True)
         names = np.empty(len(pairs), dtype=object)
         names[:] = [iface_label((p >> 32) - 1, (p & 0xFFFFFFFF) - 1) for p in pairs.tolist()]
         new["label"] = names[which.ravel()]
