@@ -159,6 +159,14 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     def at32(off: np.ndarray) -> np.ndarray:
         return u32[np.clip(off, 0, last - 3)]
 
+    hb = batch.head  # the packets' first bytes, when the reader gathered them
+
+    def front16(rows: np.ndarray, rel: np.ndarray | int) -> np.ndarray:
+        """The 16 bits at `rel` bytes into each packet of `rows` (big-endian)."""
+        if hb is None:
+            return at16(d[rows] + rel)
+        return (hb[rows, rel].astype(np.uint32) << 8) | hb[rows, np.add(rel, 1)]
+
     l3 = np.full(n, -1, dtype=np.int64)  # offset of the IP header inside the packet
     ver = np.zeros(n, dtype=np.int64)
     ifindex = np.full(n, -1, dtype=np.int64)
@@ -168,21 +176,22 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
         m = link == code if len(batch.interfaces) > 1 else np.ones(n, dtype=bool)
         stats.links[lt.link_name(code)] += int(m.sum())
         dm, cm = d[m], cap[m]
+        mi = np.flatnonzero(m)
         if code == lt.EN10MB:
             pos = np.full(len(dm), 12, dtype=np.int64)
-            et = at16(dm + pos)
+            et = front16(mi, 12)
             for _ in range(2):
                 tagged = np.isin(et, lt.ETH_VLAN) & (cm >= pos + 6)
                 if not tagged.any():
                     break
                 pos = np.where(tagged, pos + 4, pos)
-                et = np.where(tagged, at16(dm + pos), et)
+                et = np.where(tagged, front16(mi, pos), et)
             slow[np.flatnonzero(m)[np.isin(et, lt.ETH_VLAN)]] = True  # more than two tags
             ok = cm >= pos + 2
             l3[m] = np.where(ok, pos + 2, -1)
         elif code in (lt.LINUX_SLL, lt.LINUX_SLL2):
             hl = 16 if code == lt.LINUX_SLL else 20
-            et = at16(dm + (14 if code == lt.LINUX_SLL else 0))
+            et = front16(mi, 14 if code == lt.LINUX_SLL else 0)
             l3[m] = np.where(cm >= hl, hl, -1)
             if code == lt.LINUX_SLL2:
                 ifindex[m] = at32(dm + 4)
@@ -208,9 +217,20 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     long6 = have & (ver == 6) & (cap >= l3 + 40)
     stats.skipped["truncated"] += int((have & (ver != 0) & ~long4 & ~long6).sum())
 
-    # One gather of each packet's first HEAD bytes from its IP header, read as IPv4 and
-    # as IPv6 (each row is one or the other; the masks below say which).
-    head = rows_at(buf, p, HEAD)
+    # Each packet's first HEAD bytes from its IP header, read as IPv4 and as IPv6 (each row
+    # is one or the other; the masks below say which): from the bytes the reader gathered
+    # where they reach that far, else one gather from the input.
+    if hb is None:
+        head = rows_at(buf, p, HEAD)
+    else:
+        head = np.empty((n, HEAD), dtype=np.uint8)
+        near = (l3 >= 0) & (l3 + HEAD <= hb.shape[1])
+        for c in np.flatnonzero(np.bincount(l3[near], minlength=1)).tolist():
+            rows = np.flatnonzero(near & (l3 == c))
+            head[rows] = hb[rows, c:c + HEAD]
+        far = np.flatnonzero(~near)
+        if len(far):
+            head[far] = rows_at(buf, p[far], HEAD)
     h4 = head.view(_IP4)[:, 0]
     h6 = head.view(_IP6)[:, 0]
 

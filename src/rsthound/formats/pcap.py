@@ -18,7 +18,15 @@ import numpy as np
 
 from rsthound.errors import BadInput
 from rsthound.formats.linktypes import SUPPORTED, link_name, supported_names
-from rsthound.formats.records import BATCH, Interface, RecordBatch, rows_at, u32_at, unaligned
+from rsthound.formats.records import (
+    BATCH,
+    HEADROOM,
+    Interface,
+    RecordBatch,
+    rows_at,
+    u32_at,
+    unaligned,
+)
 from rsthound.model import Damage
 
 MAGIC_USEC = 0xA1B2C3D4
@@ -328,17 +336,19 @@ def _columns(
     arr: np.ndarray, starts: np.ndarray, hdr: PcapHeader, iface: list[Interface]
 ) -> tuple[RecordBatch, list[int]]:
     order = "<" if hdr.little else ">"
-    rec = rows_at(arr, starts, 16).view(np.dtype([("sec", order + "u4"), ("frac", order + "u4"),
-                                                   ("caplen", order + "u4"),
-                                                   ("wirelen", order + "u4")]))[:, 0]
+    # the record header and the packet's first bytes, in one trip to memory
+    rows = rows_at(arr, starts, 16 + HEADROOM)
+    rec = rows[:, :16].view(np.dtype([("sec", order + "u4"), ("frac", order + "u4"),
+                                       ("caplen", order + "u4"), ("wirelen", order + "u4")]))[:, 0]
     sec, frac, caplen, wirelen = (rec[k].astype(np.int64) for k in rec.dtype.names)
+    head = rows[:, 16:]
     scale = hdr.ticks
     sound = frac < scale
     bad: list[int] = []
     if not sound.all():
         bad = starts[~sound].tolist()
-        starts, sec, frac, caplen, wirelen = (
-            a[sound] for a in (starts, sec, frac, caplen, wirelen)
+        starts, sec, frac, caplen, wirelen, head = (
+            a[sound] for a in (starts, sec, frac, caplen, wirelen, head)
         )
     ts = sec + frac / scale
     batch = RecordBatch(
@@ -350,6 +360,7 @@ def _columns(
         iface=np.zeros(len(starts), dtype=np.int32),
         interfaces=iface,
         rec_off=starts,
+        head=head,
     )
     return batch, bad
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BATCH = 65536  # records per batch: big enough to vectorise, small enough for bounded memory
+HEADROOM = 96  # a packet's first bytes read with its record: two VLAN tags, IPv6 and TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,9 @@ class RecordBatch:
     iface: np.ndarray  # int32 into `interfaces`
     interfaces: list[Interface]
     rec_off: np.ndarray  # int64
+    # each packet's first HEADROOM bytes, when the reader gathered them with its record
+    # header (one trip to memory for both): rows of uint8, None otherwise
+    head: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.data_off)

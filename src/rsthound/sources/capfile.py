@@ -161,4 +161,5 @@ class PacketFilter:
                         int(b.wirelen[i])) for i in range(len(b))),
             dtype=bool, count=len(b))
         return RecordBatch(b.buf, b.data_off[keep], b.caplen[keep], b.wirelen[keep], b.ts[keep],
-                           b.iface[keep], b.interfaces, b.rec_off[keep])
+                           b.iface[keep], b.interfaces, b.rec_off[keep],
+                           None if b.head is None else b.head[keep])
