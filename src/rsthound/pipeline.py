@@ -11,6 +11,7 @@ itself). A pcapng file has one helper. Small files and standard input are read h
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -45,6 +46,18 @@ def analyze_file(path: str, analysis: Analysis,
         parallel = _worth_a_helper(path)
     if parallel:
         _keep_freed_memory()
+    # the cyclic collector walks every live object now and then: with a million tracked
+    # connections' objects, less often (the flow table frees its own, without cycles)
+    saved = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        _analyze_file(path, analysis, progress, parallel, expression)
+    finally:
+        gc.set_threshold(*saved)
+
+
+def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None],
+                  parallel: bool, expression: str | None) -> None:
     spans = _spans(path) if parallel else None
     if spans is not None and len(spans) > 1:
         _read_spans(path, spans, analysis, progress, expression)

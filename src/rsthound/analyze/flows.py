@@ -180,17 +180,18 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
     n = len(cols)
     flow = cols.flow
     ctl = (cols.flags & CTL) != 0
-    # epoch: how many control packets of the same flow came before, within this batch
     order = cols.by_flow if cols.by_flow is not None else np.argsort(flow, kind="stable")
     fs = flow[order]
-    cs = np.cumsum(ctl[order])
-    before = cs - ctl[order]
     starts = np.r_[True, fs[1:] != fs[:-1]] if n else np.zeros(0, dtype=bool)
-    first_of_group = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else order
-    epoch = np.empty(n, dtype=np.int64)
-    epoch[order] = before - before[first_of_group]
-    group = (flow * (int(epoch.max(initial=0)) + 1) + epoch) * 2 + cols.a_is_src
-    if counts:  # the first pure ACK and first data each way write history letters
+    epoch = np.zeros(n, dtype=np.int64)
+    if counts:
+        # epoch: how many control packets of the same flow came before, in this batch
+        cs = np.cumsum(ctl[order])
+        before = cs - ctl[order]
+        first_of_group = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+        epoch[order] = before - before[first_of_group]
+        group = (flow * (int(epoch.max(initial=0)) + 1) + epoch) * 2 + cols.a_is_src
+        # the first pure ACK and first data each way write history letters
         _, first = np.unique(group * 2 + (cols.payload > 0), return_index=True)
     else:  # only an endpoint's first packet can move it out of INACTIVE
         first = order[_firsts(fs, cols.a_is_src[order], starts)]
