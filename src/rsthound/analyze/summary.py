@@ -118,7 +118,7 @@ class Summarizer:
         self._clients: list[str] = []
         self._service_ids: dict[str, int] = {}
         self._by_id: list[Service] = []
-        self._pairs = np.zeros(0, dtype=np.int64)
+        self._pairs: set[int] = set()
 
     def _addr(self, hi: int, lo: int) -> str:
         """An address from the two 64-bit halves the decoder keeps."""
@@ -227,12 +227,13 @@ class Summarizer:
         cids = np.array([self._client_id(hi, lo) for hi, lo in zip(
             q.orig_hi[crep].tolist(), q.orig_lo[crep].tolist(), strict=True)], dtype=np.int64)
         sids = np.array([self._service_id(svc) for svc in services], dtype=np.int64)
-        pairs = np.unique((sids[which] << 32) | cids[cwhich])
-        new = pairs[~np.isin(pairs, self._pairs, assume_unique=True)]
-        if len(self._pairs) + len(new) > 1 << 21:  # bounded: forgetting costs time only
-            self._pairs = np.zeros(0, dtype=np.int64)
-        self._pairs = np.union1d(self._pairs, new)
-        for code in new.tolist():
+        told = self._pairs
+        if len(told) > 1 << 21:  # bounded: forgetting costs time only
+            told.clear()
+        new = [c for c in np.unique((sids[which] << 32) | cids[cwhich]).tolist()
+               if c not in told]
+        told.update(new)
+        for code in new:
             svc = self._by_id[code >> 32]
             client = self._clients[code & 0xFFFFFFFF]
             if len(svc.clients) < self.max_clients:
