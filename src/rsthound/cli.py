@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TextIO
 
+# rsthound does no linear algebra: numpy's BLAS needs no thread of its own (one that waits
+# on a core for work, on two-core machines too). Set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from rsthound import __version__
 from rsthound.commands import NAMES, Exit
 from rsthound.errors import RstHoundError
