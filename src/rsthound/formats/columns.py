@@ -159,13 +159,14 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     def at32(off: np.ndarray) -> np.ndarray:
         return u32[np.clip(off, 0, last - 3)]
 
-    hb = batch.head  # the packets' first bytes, when the reader gathered them
+    hb = batch.head  # record headers and the packets' first bytes, when the reader has them
 
     def front16(rows: np.ndarray, rel: np.ndarray | int) -> np.ndarray:
         """The 16 bits at `rel` bytes into each packet of `rows` (big-endian)."""
         if hb is None:
             return at16(d[rows] + rel)
-        return (hb[rows, rel].astype(np.uint32) << 8) | hb[rows, np.add(rel, 1)]
+        at = np.add(rel, 16)
+        return (hb[rows, at].astype(np.uint32) << 8) | hb[rows, at + 1]
 
     l3 = np.full(n, -1, dtype=np.int64)  # offset of the IP header inside the packet
     ver = np.zeros(n, dtype=np.int64)
@@ -222,12 +223,10 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     # where they reach that far, else one gather from the input.
     if hb is None:
         head = rows_at(buf, p, HEAD)
-    else:
-        head = np.empty((n, HEAD), dtype=np.uint8)
-        near = (l3 >= 0) & (l3 + HEAD <= hb.shape[1])
-        for c in np.flatnonzero(np.bincount(l3[near], minlength=1)).tolist():
-            rows = np.flatnonzero(near & (l3 == c))
-            head[rows] = hb[rows, c:c + HEAD]
+    else:  # one gather from the reader's rows (in the caches): row i, 16 + l3 bytes in
+        width = hb.shape[1]
+        near = (l3 >= 0) & (16 + l3 + HEAD <= width)
+        head = rows_at(hb.reshape(-1), np.arange(n) * width + 16 + np.maximum(l3, 0), HEAD)
         far = np.flatnonzero(~near)
         if len(far):
             head[far] = rows_at(buf, p[far], HEAD)

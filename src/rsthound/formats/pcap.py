@@ -341,14 +341,13 @@ def _columns(
     rec = rows[:, :16].view(np.dtype([("sec", order + "u4"), ("frac", order + "u4"),
                                        ("caplen", order + "u4"), ("wirelen", order + "u4")]))[:, 0]
     sec, frac, caplen, wirelen = (rec[k].astype(np.int64) for k in rec.dtype.names)
-    head = rows[:, 16:]
     scale = hdr.ticks
     sound = frac < scale
     bad: list[int] = []
     if not sound.all():
         bad = starts[~sound].tolist()
-        starts, sec, frac, caplen, wirelen, head = (
-            a[sound] for a in (starts, sec, frac, caplen, wirelen, head)
+        starts, sec, frac, caplen, wirelen, rows = (
+            a[sound] for a in (starts, sec, frac, caplen, wirelen, rows)
         )
     ts = sec + frac / scale
     batch = RecordBatch(
@@ -360,7 +359,7 @@ def _columns(
         iface=np.zeros(len(starts), dtype=np.int32),
         interfaces=iface,
         rec_off=starts,
-        head=head,
+        head=rows,
     )
     return batch, bad
 

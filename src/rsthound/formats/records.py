@@ -37,8 +37,8 @@ class RecordBatch:
     iface: np.ndarray  # int32 into `interfaces`
     interfaces: list[Interface]
     rec_off: np.ndarray  # int64
-    # each packet's first HEADROOM bytes, when the reader gathered them with its record
-    # header (one trip to memory for both): rows of uint8, None otherwise
+    # each record's 16-byte header and its packet's first HEADROOM bytes, when the reader
+    # gathered them together (one trip to memory): contiguous rows of uint8, else None
     head: np.ndarray | None = None
 
     def __len__(self) -> int:
