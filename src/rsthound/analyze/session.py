@@ -32,15 +32,15 @@ class Selection:
         masks = []
         if self.ports:
             want = np.array(self.ports)
-            masks.append(np.isin(cols.a_port, want) | np.isin(cols.b_port, want))
+            masks.append(np.isin(cols.sport, want) | np.isin(cols.dport, want))
         if self.hosts:
             m = np.zeros(len(cols), dtype=bool)
             for h in self.hosts:
                 raw = addr_bytes(h)
                 hi = np.uint64(int.from_bytes(raw[:8], "big"))
                 lo = np.uint64(int.from_bytes(raw[8:], "big"))
-                m |= (cols.a_hi == hi) & (cols.a_lo == lo)
-                m |= (cols.b_hi == hi) & (cols.b_lo == lo)
+                m |= (cols.s_hi == hi) & (cols.s_lo == lo)
+                m |= (cols.d_hi == hi) & (cols.d_lo == lo)
             masks.append(m)
         if self.since is not None:
             masks.append(cols.ts >= self.since)

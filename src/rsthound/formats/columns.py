@@ -66,14 +66,15 @@ class TcpColumns:
 
     rec: np.ndarray
     ts: np.ndarray
-    # The canonical connection key, endpoint A (the one that sorts first) then B: each
-    # address as two 64-bit halves of its 16 bytes (IPv4 mapped into ::ffff:0:0/96).
-    a_hi: np.ndarray
-    a_lo: np.ndarray
-    a_port: np.ndarray
-    b_hi: np.ndarray
-    b_lo: np.ndarray
-    b_port: np.ndarray
+    # The source and destination: each address as two 64-bit halves of its 16 bytes
+    # (IPv4 mapped into ::ffff:0:0/96). The connection key puts first (as endpoint A) the
+    # one that sorts first: the source where a_is_src.
+    s_hi: np.ndarray
+    s_lo: np.ndarray
+    sport: np.ndarray
+    d_hi: np.ndarray
+    d_lo: np.ndarray
+    dport: np.ndarray
     flow: np.ndarray  # int64: rows with the same key share a flow number (per batch)
     a_is_src: np.ndarray  # bool: the sender is endpoint A of the key
     flags: np.ndarray
@@ -109,8 +110,11 @@ class TcpColumns:
         """The 36-byte keys (address A, port A, address B, port B) of the given rows, one
         after the other."""
         packed = np.empty(len(rows), dtype=KEY_DTYPE)
-        for name in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port"):
-            packed[name] = getattr(self, name)[rows]
+        a = self.a_is_src[rows]
+        for name, s, d in (("hi", self.s_hi, self.d_hi), ("lo", self.s_lo, self.d_lo),
+                           ("port", self.sport, self.dport)):
+            packed["a_" + name] = np.where(a, s[rows], d[rows])
+            packed["b_" + name] = np.where(a, d[rows], s[rows])
         return packed.tobytes()
 
     def take(self, rows: np.ndarray) -> TcpColumns:
@@ -336,9 +340,9 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     fast = TcpColumns(
         rec=rows,
         ts=batch.ts[rows],
-        **{f: np.empty(0, dtype=np.uint64) for f in ("a_hi", "a_lo", "b_hi", "b_lo")},
-        a_port=np.empty(0, dtype=np.int64),
-        b_port=np.empty(0, dtype=np.int64),
+        **{f: np.empty(0, dtype=np.uint64) for f in ("s_hi", "s_lo", "d_hi", "d_lo")},
+        sport=np.empty(0, dtype=np.int64),
+        dport=np.empty(0, dtype=np.int64),
         flow=np.empty(0, dtype=np.int64),
         a_is_src=np.empty(0, dtype=bool),
         flags=tf["flags"].astype(np.int64),
@@ -437,26 +441,41 @@ _K = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19
 
 def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
           dst: tuple[np.ndarray, np.ndarray], sport: np.ndarray, dport: np.ndarray) -> None:
-    """Canonical connection keys and per-batch flow numbers for every row."""
+    """Each row's source and destination, which of them is endpoint A of the connection
+    key, and per-batch flow numbers.
+
+    An IPv4 endpoint (address and port) fits in 48 bits: there the key is the smaller and
+    the larger of two integers, compared and hashed in a few steps. IPv6 rows take the
+    general way."""
+    cols.s_hi, cols.s_lo = src
+    cols.d_hi, cols.d_lo = dst
+    cols.sport = sport = sport.astype(np.int64)
+    cols.dport = dport = dport.astype(np.int64)
     s_hi, s_lo = src
     d_hi, d_lo = dst
-    sp = sport.astype(np.int64)
-    dp = dport.astype(np.int64)
-    a_is_src = (s_hi < d_hi) | (
-        (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp)))
-    )
-    cols.a_hi = np.where(a_is_src, s_hi, d_hi)
-    cols.a_lo = np.where(a_is_src, s_lo, d_lo)
-    cols.a_port = np.where(a_is_src, sp, dp)
-    cols.b_hi = np.where(a_is_src, d_hi, s_hi)
-    cols.b_lo = np.where(a_is_src, d_lo, s_lo)
-    cols.b_port = np.where(a_is_src, dp, sp)
-    cols.a_is_src = a_is_src
-    ports = (cols.a_port.astype(np.uint64) << np.uint64(16)) | cols.b_port.astype(np.uint64)
+    low32, sixteen = np.uint64(0xFFFFFFFF), np.uint64(16)
+    v4 = ((s_hi | d_hi) == 0) & ((s_lo >> np.uint64(32)) == 0xFFFF) & (
+        (d_lo >> np.uint64(32)) == 0xFFFF)
+    ks = ((s_lo & low32) << sixteen) | sport.astype(np.uint64)
+    kd = ((d_lo & low32) << sixteen) | dport.astype(np.uint64)
+    a_is_src = ks <= kd
+    lo, hi = np.minimum(ks, kd), np.maximum(ks, kd)
     with np.errstate(over="ignore"):
-        h = (cols.a_hi * _K[0]) ^ (cols.a_lo * _K[1]) ^ (cols.b_hi * _K[2])
-        h ^= (cols.b_lo * _K[3]) ^ (ports * _K[4])
-        h ^= h >> np.uint64(31)
+        h = (lo * _K[0]) ^ (hi * _K[1])
+    six = np.flatnonzero(~v4)
+    canon6 = None
+    if len(six):  # IPv6: the whole key
+        sh, sl, dh, dl, sp, dp = (x[six] for x in (s_hi, s_lo, d_hi, d_lo, sport, dport))
+        a = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
+        a_is_src[six] = a
+        canon6 = [np.where(a, sh, dh), np.where(a, sl, dl), np.where(a, sp, dp),
+                  np.where(a, dh, sh), np.where(a, dl, sl), np.where(a, dp, sp)]
+        ports = (canon6[2].astype(np.uint64) << sixteen) | canon6[5].astype(np.uint64)
+        with np.errstate(over="ignore"):
+            h[six] = ((canon6[0] * _K[0]) ^ (canon6[1] * _K[1]) ^ (canon6[3] * _K[2])
+                      ^ (canon6[4] * _K[3]) ^ (ports * _K[4]))
+    h ^= h >> np.uint64(31)
+    cols.a_is_src = a_is_src
     # one sort of (hash, row) in one word, the row in the low bits: stable, and faster
     # than a stable argsort (the hash keeps 64 - bits bits; the check below stands)
     bits = np.uint64(max(1, len(h).bit_length()))
@@ -467,13 +486,16 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
     flow = np.empty(len(h), dtype=np.int64)
     flow[order] = np.cumsum(starts) - 1  # flows numbered in hash order
     rep = order[starts][flow]  # each row's flow's first row
-    if len(h) and not all((getattr(cols, f) == getattr(cols, f)[rep]).all()
-                          for f in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port")):
-        # A 64-bit hash collision inside one batch: fall back to exact keys.
-        packed = np.empty(len(h), dtype=KEY_DTYPE)
-        for f in KEY_DTYPE.names:
-            packed[f] = getattr(cols, f)
-        _, flow = np.unique(packed.view(f"V{KEY_LEN}"), return_inverse=True)
+    # the check: every row has its flow's first row's key (for IPv6, all of it)
+    same = (lo == lo[rep]).all() and (hi == hi[rep]).all() and (v4 == v4[rep]).all()
+    if same and canon6 is not None:
+        at6 = np.full(len(h), -1)
+        at6[six] = np.arange(len(six))
+        r6 = at6[rep[six]]
+        same = bool((r6 >= 0).all()) and all((c == c[r6]).all() for c in canon6)
+    if not same:  # a hash collision inside one batch: exact keys
+        packed = np.frombuffer(cols.packed_keys(np.arange(len(h))), dtype=f"V{KEY_LEN}")
+        _, flow = np.unique(packed, return_inverse=True)
         flow = flow.ravel().astype(np.int64)
         order = np.argsort(flow, kind="stable")
     cols.flow = flow
