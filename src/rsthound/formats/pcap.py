@@ -165,7 +165,7 @@ def read_pcap(
 
 
 REGION = 32 << 20  # bytes walked at a time
-RANGE = 64 << 10  # bytes of a region each chain of records covers
+RANGE = 32 << 10  # bytes of a region each chain of records covers
 WINDOW = 2048  # bytes searched from a range's start for the first record in it
 
 
