@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -378,6 +377,7 @@ class _Rows:
     last: np.ndarray
     quick: Quick | None = None  # held: what they are
     live: np.ndarray = None  # type: ignore[assignment]
+    index: dict[bytes, int] | None = None  # key -> connection, made when first needed
 
     def __post_init__(self) -> None:
         self.live = np.ones(len(self.keys), dtype=bool)
@@ -425,7 +425,7 @@ class FlowTable:
         # plain connections kept from `packet`: closed ones held as the table would hold
         # them (until a sweep finds them closed for close_delay), open ones carried to the
         # next batch: key -> (their _Rows, index)
-        self._held: dict[bytes, tuple[_Rows, int]] = {}
+        self._held: set[bytes] = set()  # their keys (where they are: `_held_at`)
         self._blocks: list[_Rows] = []
         self._open: dict[bytes, tuple[_Rows, int]] = {}
         self._carried: _Rows | None = None
@@ -583,12 +583,12 @@ class FlowTable:
         c = plan.rows
         n = len(c["flow"])
         if self._held:  # connections the table would still hold: they go on there
-            for key in self._held.keys() & keys:
-                self._replay(self._held, key)
+            for key in self._held.intersection(keys):
+                self._replay_held(key)
         if len(self.flows) + len(self._held) + len(self._open) + len(keys) >= self.max_conns:
             # near the cap, the table evicts: let it hold everything, as without this
             for key in list(self._held):
-                self._replay(self._held, key)
+                self._replay_held(key)
             for key in list(self._open):
                 self._replay(self._open, key)
             self._carried = None
@@ -642,7 +642,7 @@ class FlowTable:
             block = self._keep(keys, rows, flow_of[done], head[done], last[done])
             block.quick = _quick_of(block.keys, rows, sh, done)
             self._blocks.append(block)
-            self._held.update(zip(block.keys, zip(repeat(block), itertools.count()), strict=False))
+            self._held.update(block.keys)
         opening = np.flatnonzero(shape == OPEN)
         fresh = self._keep(keys, rows, flow_of[opening], head[opening], last[opening])
         self._carried = self._merge_open(fresh)
@@ -684,6 +684,17 @@ class FlowTable:
                     int(rows["payload"][r]), int(rows["ip_len"][r]), int(rows["ttl"][r]),
                     int(rows["ipid"][r]), rows["label"][r])
 
+    def _replay_held(self, key: bytes) -> None:
+        """A held connection through `packet` (its block found by its key)."""
+        self._held.discard(key)
+        for block in self._blocks:
+            if block.index is None:
+                block.index = {k: i for i, k in enumerate(block.keys)}
+            i = block.index.get(key)
+            if i is not None and block.live[i]:
+                self._replay({key: (block, i)}, key)
+                return
+
     def _replay(self, table: dict[bytes, tuple[_Rows, int]], key: bytes) -> None:
         """A connection set aside (held or carried) through `packet`, as it would have
         gone in its batch."""
@@ -704,8 +715,7 @@ class FlowTable:
             if done.any():
                 rows = np.flatnonzero(done)
                 parts.append(block.quick.take(rows))
-                keys = block.keys
-                deque(map(self._held.pop, (keys[i] for i in rows.tolist())), maxlen=0)
+                self._held.difference_update(map(block.keys.__getitem__, rows.tolist()))
                 block.live[rows] = False
             if block.live.any():
                 keep.append(block)
