@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,9 @@ def test_the_installed_unit_names_the_client_of_refused_connects(tmp_path):
     journal = out.split("--- journal\n", 1)[1].split("--- user\n", 1)[0]
     assert "running as rsthound from now on" in journal, journal
     assert "without process names" not in journal, journal  # the trace opened as root
-    assert "ALERT warn: failed TCP connections" in journal, journal
+    # 2 refusals a second: warn, or error when a loaded machine runs two knocks into one
+    # half-second tick (the level is the rules' business, tested in tests/test_watch.py)
+    assert re.search(r"ALERT (warn|error|critical): failed TCP connections", journal), journal
     # (in a container the trace's pids are the host's, and /proc inside has no such pid: the
     # process is named by its pid alone there)
     assert ("FINDINGS failed-connections: 127.0.0.1:7211: no-listener" in journal
