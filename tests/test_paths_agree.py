@@ -90,3 +90,73 @@ def test_busy_summary_fits_80_columns(cli, generated):
     assert all(len(line) <= 80 for line in out.splitlines()), out
     piped = cli("analyze", generated).out
     assert "…" not in piped and "Findings" in piped
+
+
+@pytest.fixture
+def small_spans(monkeypatch):
+    """Spans of 4 MB instead of 256 MB, so that a test capture has many."""
+    from rsthound import pipeline
+
+    monkeypatch.setattr(pipeline, "CHUNK", 4 << 20)
+
+
+def test_spans_read_by_helpers_change_nothing(generated, tmp_path, small_spans):
+    """A pcap read in spans by helper processes, each span's first record guessed: the
+    same summary and the same damage as one walk from the start, damaged or not."""
+    from rsthound import pipeline
+
+    assert len(pipeline._spans(str(generated))) > 10
+    raw = generated.read_bytes()
+    damaged = tmp_path / "damaged.pcap"
+    # damage right at a span's start, and in the middle of another
+    cut = 3 * pipeline.CHUNK + 100
+    damaged.write_bytes(raw[:cut] + b"\xff" * 4000 + raw[cut:len(raw) // 2] + b"\x00" * 999
+                        + raw[len(raw) // 2:])
+    for path in (generated, damaged):
+        inline = _run(path, parallel=False)
+        assert _run(path, parallel=True) == inline
+    assert len(inline[1]) >= 2, inline[1]
+
+
+def test_a_wrong_guess_of_a_spans_first_record_is_caught(generated, monkeypatch, small_spans):
+    """Each span's first record is a guess, proved by the span before it ending there: a
+    wrong guess (here every other one, or none) and the span is read again, from the right
+    place, by the main process."""
+    from rsthound import pipeline
+
+    real = pipeline.record_near
+    calls = []
+
+    def wrong(path: str, at: int) -> int | None:
+        calls.append(at)
+        got = real(path, at)
+        return None if len(calls) % 5 == 0 else got + 16 if len(calls) % 2 else got
+
+    inline = _run(generated, parallel=False)
+    monkeypatch.setattr(pipeline, "record_near", wrong)
+    assert _run(generated, parallel=True) == inline
+
+
+def test_chains_whose_guesses_miss_fall_back_to_the_plain_walk(generated, monkeypatch):
+    """The record walk's guesses (a first record in each range) proved wrong: the region
+    is walked one record at a time, and the same records come out."""
+    from rsthound.formats import pcap
+
+    def offsets() -> list[int]:
+        return [int(o) for b in read_capture(str(generated), []) for o in b.rec_off]
+
+    want = offsets()
+    real = pcap._Walker._guess
+    monkeypatch.setattr(pcap._Walker, "_guess", lambda self, *a, **k: real(self, *a, **k) + 1)
+    assert offsets() == want
+
+
+def test_summary_mode_matches_full_tracking_in_tiny_batches(monkeypatch):
+    """Batches of 7 packets: nearly every connection spans batches, so the plain ones are
+    carried from batch to batch, held, and replayed when their four-tuple comes back or an
+    ICMP error is about them. The summary is still full tracking's."""
+    from rsthound.formats import pcap
+
+    monkeypatch.setattr(pcap, "BATCH", 7)
+    for name in sorted(p.name for p in DATA.glob("*.pcap")):
+        assert summary(DATA / name, full=False) == summary(DATA / name, full=True), name

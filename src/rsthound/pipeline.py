@@ -154,13 +154,13 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
                     analysis.feed_prepared(payload)
                     progress(payload.end_offset)
                     continue
-                nxt, damages = payload  # "end"
+                nxt, damages, stats = payload  # "end"
                 analysis.summary.damages.extend(damages)
+                analysis.stats.merge(stats)  # (a span read again here counts here only)
                 expected = nxt
                 break
         for q, helper in zip(queues, helpers, strict=True):
-            _, stats = _take(q, helper, "stats")
-            analysis.stats.merge(stats)
+            _take(q, helper, "done")
     finally:
         for h in helpers:
             if h.is_alive():
@@ -212,14 +212,15 @@ def _read_inline(path: str, span: tuple[int, int], analysis: Analysis,
 def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection: Selection,
                  counts: bool, q: mp.Queue, expression: str | None) -> None:
     """A helper: each of its spans as ("start", first record or None), ("batch", Prepared)
-    ..., ("end", (where the next record starts, damages)); then ("stats", DecodeStats)."""
-    stats = DecodeStats()
+    ..., ("end", (where the next record starts, damages, DecodeStats)); then ("done",
+    None)."""
     try:
         keep = PacketFilter(expression, check=False) if expression is not None else None
         for _idx, (a, stop) in spans:
             first = 24 if a <= 24 else record_near(path, a)
             q.put(("start", first))
             damages: list[Damage] = []
+            stats = DecodeStats()
             nxt = first
             if first is not None and first < stop:
                 batches = read_capture(path, damages, (first, stop))
@@ -232,8 +233,8 @@ def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection:
                     if keep is not None:
                         batch = keep.batch(batch)
                     q.put(("batch", prepare(batch, selection, stats, counts)))
-            q.put(("end", (nxt, damages)))
-        q.put(("stats", stats))
+            q.put(("end", (nxt, damages, stats)))
+        q.put(("done", None))
     except BadInput as e:
         q.put(("bad", (e.reason, e.path, e.offset)))
     except RstHoundError as e:
