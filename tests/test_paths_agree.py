@@ -160,3 +160,21 @@ def test_summary_mode_matches_full_tracking_in_tiny_batches(monkeypatch):
     monkeypatch.setattr(pcap, "BATCH", 7)
     for name in sorted(p.name for p in DATA.glob("*.pcap")):
         assert summary(DATA / name, full=False) == summary(DATA / name, full=True), name
+
+
+def test_streamed_connections_keep_their_order_in_a_big_file(generated, small_spans):
+    """--conns and --resets stream records in the order connections end: a big file gives
+    them in the same order as reading it in one process (spans would move batch borders,
+    and with them when connections end, so they are left to summaries)."""
+    from rsthound.pipeline import analyze_file
+
+    def run(parallel: bool) -> tuple[list, list]:
+        conns: list = []
+        resets: list = []
+        a = Analysis(on_conn=conns.append, on_reset=resets.append)
+        analyze_file(str(generated), a, parallel=parallel)
+        a.finish([str(generated)])
+        return conns, resets
+
+    inline = run(False)
+    assert run(True) == inline and len(inline[0]) > 5000

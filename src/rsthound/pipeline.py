@@ -2,10 +2,12 @@
 
 Walking records and decoding them (numpy) need no connection state, so on a machine with
 more than one core, helper processes do that for a big file while this one runs the
-connection state machine. A classic pcap file is cut into spans of CHUNK bytes, read by
-READERS helpers turn about; each span's first record is guessed by its reader, and proved
-here: it must be where the span before it ended (if not, this process reads that span
-itself). A pcapng file has one helper. Small files and standard input are read here.
+connection state machine. For a summary, a classic pcap file is cut into spans of CHUNK
+bytes, read by READERS helpers turn about; each span's first record is guessed by its
+reader, and proved here: it must be where the span before it ended (if not, this process
+reads that span itself). Otherwise (a pcapng file, or connections and resets streamed out
+in the order they end) one helper reads the whole file. Small files and standard input
+are read here.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def analyze_file(path: str, analysis: Analysis,
 
 def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None],
                   parallel: bool, expression: str | None) -> None:
-    spans = _spans(path) if parallel else None
+    # Spans change where batches begin, and so the order connections end in: only where
+    # nothing is streamed out one by one (a summary), so that --conns keeps its order.
+    spans = _spans(path) if parallel and analysis.table.on_quick is not None else None
     if spans is not None and len(spans) > 1:
         _read_spans(path, spans, analysis, progress, expression)
         return
