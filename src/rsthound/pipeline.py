@@ -12,6 +12,7 @@ are read here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import multiprocessing as mp
@@ -19,7 +20,7 @@ import os
 import queue
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from rsthound.analyze.session import Analysis, Selection, prepare
 from rsthound.errors import BadInput, RstHoundError
@@ -83,27 +84,7 @@ def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None]
             progress(analysis.feed(batch).end_offset)
         return
     try:
-        while True:
-            try:
-                kind, payload = q.get(timeout=1.0)
-            except queue.Empty:
-                if not helper.is_alive():
-                    raise RuntimeError(
-                        f"the reading process died (exit code {helper.exitcode})") from None
-                continue
-            if kind == "batch":
-                analysis.feed_prepared(payload)
-                progress(payload.end_offset)
-            elif kind == "end":
-                damages, stats = payload
-                analysis.summary.damages.extend(damages)
-                analysis.stats.merge(stats)
-                return
-            elif kind == "bad":
-                reason, where, offset = payload
-                raise BadInput(reason, where, offset)
-            else:
-                raise RuntimeError(f"the reading process failed:\n{payload}")
+        _feed(q, helper, analysis, progress)
     finally:
         if helper.is_alive():
             helper.terminate()
@@ -152,17 +133,7 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
                     expected = _read_inline(path, (expected, stop), analysis, progress,
                                             expression)
                 continue
-            while True:
-                kind, payload = _take(q, helper)
-                if kind == "batch":
-                    analysis.feed_prepared(payload)
-                    progress(payload.end_offset)
-                    continue
-                nxt, damages, stats = payload  # "end"
-                analysis.summary.damages.extend(damages)
-                analysis.stats.merge(stats)  # (a span read again here counts here only)
-                expected = nxt
-                break
+            expected = _feed(q, helper, analysis, progress)
         for q, helper in zip(queues, helpers, strict=True):
             _take(q, helper, "done")
     finally:
@@ -170,6 +141,23 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
             if h.is_alive():
                 h.terminate()
             h.join(timeout=5)
+
+
+def _feed(q: mp.Queue, helper: mp.Process, analysis: Analysis,
+          progress: Callable[[int], None]) -> int:
+    """A helper's batches into `analysis`, up to the end of what it reads: then where the
+    next record starts. Its damage and decode counts come with the end (so that a span
+    read again by this process counts once)."""
+    while True:
+        kind, payload = _take(q, helper)
+        if kind == "batch":
+            analysis.feed_prepared(payload)
+            progress(payload.end_offset)
+            continue
+        nxt, damages, stats = payload  # "end"
+        analysis.summary.damages.extend(damages)
+        analysis.stats.merge(stats)
+        return nxt
 
 
 def _take(q: mp.Queue, helper: mp.Process, want: str | None = None) -> tuple[str, object]:
@@ -200,17 +188,19 @@ def _skip_span(q: mp.Queue, helper: mp.Process) -> None:
 def _read_inline(path: str, span: tuple[int, int], analysis: Analysis,
                  progress: Callable[[int], None], expression: str | None) -> int:
     """Read one span here; where the next record starts."""
-    damages = analysis.summary.damages
-    keep = PacketFilter(expression) if expression is not None else None
-    batches = read_capture(path, damages, span)
+    return _each(_read(path, analysis.summary.damages, expression, span),
+                 lambda batch: progress(analysis.feed(batch).end_offset))
+
+
+def _each(batches: Generator[RecordBatch, None, int | None],
+          use: Callable[[RecordBatch], object]) -> int | None:
+    """Each batch to `use`; then where the next record starts (what `batches` returns)."""
     while True:
         try:
             batch = next(batches)
         except StopIteration as end:
             return end.value
-        if keep is not None:
-            batch = keep.batch(batch)
-        progress(analysis.feed(batch).end_offset)
+        use(batch)
 
 
 def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection: Selection,
@@ -218,8 +208,7 @@ def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection:
     """A helper: each of its spans as ("start", first record or None), ("batch", Prepared)
     ..., ("end", (where the next record starts, damages, DecodeStats)); then ("done",
     None)."""
-    try:
-        keep = PacketFilter(expression, check=False) if expression is not None else None
+    with _reported(q):
         for _idx, (a, stop) in spans:
             first = 24 if a <= 24 else record_near(path, a)
             q.put(("start", first))
@@ -227,18 +216,17 @@ def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection:
             stats = DecodeStats()
             nxt = first
             if first is not None and first < stop:
-                batches = read_capture(path, damages, (first, stop))
-                while True:
-                    try:
-                        batch = next(batches)
-                    except StopIteration as end:
-                        nxt = end.value
-                        break
-                    if keep is not None:
-                        batch = keep.batch(batch)
-                    q.put(("batch", prepare(batch, selection, stats, counts)))
+                nxt = _each(_read(path, damages, expression, (first, stop), check=False),
+                            lambda b, d=stats: q.put(("batch", prepare(b, selection, d, counts))))
             q.put(("end", (nxt, damages, stats)))
         q.put(("done", None))
+
+
+@contextlib.contextmanager
+def _reported(q: mp.Queue) -> Iterator[None]:
+    """In a helper: what goes wrong goes to this process through `q` (see `_take`)."""
+    try:
+        yield
     except BadInput as e:
         q.put(("bad", (e.reason, e.path, e.offset)))
     except RstHoundError as e:
@@ -271,28 +259,26 @@ def _worth_a_helper(path: str) -> bool:
         return False  # let the reader say what is wrong
 
 
-def _read(path: str, damages: list[Damage], expression: str | None) -> Iterator[RecordBatch]:
-    """The file's batches, those packets only that `expression` takes."""
-    batches = read_capture(path, damages)
-    if expression is None:
-        return batches
-    keep = PacketFilter(expression)
-    return (keep.batch(b) for b in batches)
+def _read(path: str, damages: list[Damage], expression: str | None,
+          span: tuple[int, int] | None = None, check: bool = True,
+          ) -> Generator[RecordBatch, None, int | None]:
+    """The file's batches (of `span`), those packets only that `expression` takes; returns
+    where the next record starts (for a span)."""
+    keep = PacketFilter(expression, check=check) if expression is not None else None
+    batches = read_capture(path, damages, span)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration as end:
+            return end.value
+        yield batch if keep is None else keep.batch(batch)
 
 
 def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue,
             expression: str | None = None) -> None:
     damages: list[Damage] = []
     stats = DecodeStats()
-    try:
+    with _reported(q):
         for batch in _read(path, damages, expression):
             q.put(("batch", prepare(batch, selection, stats, counts)))
-        q.put(("end", (damages, stats)))
-    except BadInput as e:
-        q.put(("bad", (e.reason, e.path, e.offset)))
-    except RstHoundError as e:
-        q.put(("crash", str(e)))
-    except KeyboardInterrupt:
-        pass
-    except BaseException:
-        q.put(("crash", traceback.format_exc()))
+        q.put(("end", (0, damages, stats)))
