@@ -4,10 +4,11 @@
 For a decoded batch, `plan_batch` (numpy only, so it can run in another process) picks the
 packets that can change a connection's state and folds the rest (plain data and ACKs) into
 per-connection counts; `FlowTable.apply` then runs the per-packet code on the picked ones.
-When only a summary is wanted, `plan_batch` also finds the connections whose whole life in
-the batch has one of two plain shapes (`Quick`): those are counted together, with numpy,
-and the per-packet code never sees them unless the same four-tuple shows up again while
-the table would still hold it (then they are replayed through it, and counted as it says).
+When only a summary is wanted, `FlowTable.apply` first sets aside the connections whose
+rows have a plain shape (`Quick`, `_shapes`), carrying unfinished ones to the next batch:
+those are counted together, with numpy, and the per-packet code never sees them unless the
+same four-tuple shows up again while the table would still hold them, or an ICMP error is
+about one (then they are replayed through it, and counted as it says).
 Memory is bounded: connections idle longer than
 `idle_timeout` are finished, closed ones after `close_delay`, and past `max_conns` the
 least recently seen are evicted (and counted).
@@ -401,7 +402,7 @@ class FlowTable:
     ) -> None:
         """`on_quick`: the plain connections set aside by `apply`, counted together, in
         place of `on_conn` and `on_reset` one at a time (summary only: for each, `on_conn`
-        would have been told a Conn with uid "", `on_reset` a refusal for each REJ)."""
+        would have been told a Conn with uid "", `on_reset` each of its resets)."""
         self.on_conn = on_conn
         self.on_reset = on_reset
         self.on_icmp = on_icmp
