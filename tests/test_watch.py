@@ -290,9 +290,11 @@ def test_real_alertmanager_gets_the_alert_and_its_resolution(netns, tmp_path):
             except OSError:
                 time.sleep(0.1)
         client = netns.start(_KNOCK.format(port=7211, n=10, gap=0.5))
-        watch = subprocess.Popen(  # outside the namespace, where Alertmanager listens
+        # outside the namespace, where Alertmanager listens; 12 s: the knocks take 5 s and
+        # the alert clears after 1.5 s without them, with room for a loaded machine
+        watch = subprocess.Popen(
             [sys.executable, "-m", "rsthound", "watch", "--netns", netns, "--interval", "0.5",
-             "--duration", "9", "--host", "box", "--no-history", "--alertmanager", url],
+             "--duration", "12", "--host", "box", "--no-history", "--alertmanager", url],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         held = []
         for _ in range(80):
