@@ -190,8 +190,6 @@ class _Walker:
         self.limit = hdr.max_caplen
         order = "<" if hdr.little else ">"
         self.u32 = unaligned(arr, order + "u4")
-        # where the two high bytes of a record's seconds are, from its start
-        self.high = (2, 3) if hdr.little else (0, 1)
 
     def caplen(self, starts: np.ndarray) -> np.ndarray:
         return self.u32[starts + 8].astype(np.int64)
