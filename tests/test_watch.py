@@ -295,7 +295,7 @@ def test_real_alertmanager_gets_the_alert_and_its_resolution(netns, tmp_path):
         watch = subprocess.Popen(
             [sys.executable, "-m", "rsthound", "watch", "--netns", netns, "--interval", "0.5",
              "--duration", "12", "--host", "box", "--no-history", "--alertmanager", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         held = []
         for _ in range(80):
             held = alerts()
@@ -308,10 +308,11 @@ def test_real_alertmanager_gets_the_alert_and_its_resolution(netns, tmp_path):
         assert a["labels"]["severity"] == "warn" and a["labels"]["host"] == "box"
         assert a["labels"]["netns"] == f"netns {netns}"
         assert "refused" in a["annotations"]["summary"] and a["status"]["state"] == "active"
-        _, err = watch.communicate(timeout=30)
+        out, err = watch.communicate(timeout=30)
         client.wait(timeout=10)
         assert watch.returncode == 0, err
-        assert alerts() == []  # resolved: endsAt has passed, so no longer listed
+        # resolved: endsAt has passed, so no longer listed
+        assert alerts() == [], f"watch said:\n{out}\n{err}"
     finally:
         server.kill()
         server.wait()
