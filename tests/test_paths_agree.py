@@ -225,3 +225,34 @@ def test_spans_of_other_pcap_flavours_and_a_filter(generated, tmp_path, monkeypa
         assert run(True, expression) == inline
         assert inline["packets"] > 1000
     assert run(False, None) == summary(small, full=False) | {"files": ["f"]}
+
+
+def test_progress_bar_on_a_terminal_and_the_same_summary(generated):
+    """On a terminal a big file shows a progress bar (refreshed by analyze itself, so that
+    no thread keeps the readers from being forked), then the summary a pipe gets."""
+    import os
+    import pty
+
+    piped = subprocess.run([sys.executable, "-m", "rsthound", "analyze", str(generated)],
+                           capture_output=True, text=True, check=True).stdout
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: rsthound on the terminal
+        os.execv(sys.executable, [sys.executable, "-m", "rsthound", "analyze", str(generated)])
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child has gone: the terminal is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) in (0, 1), text
+    import re
+
+    # the bar: the file, and how much of how many megabytes
+    assert "gen.pcap" in text and re.search(r"\d/\d+\.\d MB", text), text[:2000]
+    summary = piped.splitlines()
+    assert summary[1] in text and summary[-1].strip() in text

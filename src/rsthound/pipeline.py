@@ -33,6 +33,7 @@ from rsthound.sources.capfile import PacketFilter, read_capture, record_near
 PARALLEL_MIN_BYTES = 32 << 20
 QUEUE_DEPTH = 3  # batches in flight: bounds the memory the helper can run ahead with
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+FEW_COLLECTIONS = (100_000, 50, 100)  # the cyclic collector's thresholds while reading
 CHUNK = 256 << 20  # bytes of a pcap file a reader takes at a time
 READERS = 2
 
@@ -52,7 +53,7 @@ def analyze_file(path: str, analysis: Analysis,
     # the cyclic collector walks every live object now and then: with a million tracked
     # connections' objects, less often (the flow table frees its own, without cycles)
     saved = gc.get_threshold()
-    gc.set_threshold(100_000, 50, 100)
+    gc.set_threshold(*FEW_COLLECTIONS)
     try:
         _analyze_file(path, analysis, progress, parallel, expression)
     finally:
@@ -208,6 +209,7 @@ def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection:
     """A helper: each of its spans as ("start", first record or None), ("batch", Prepared)
     ..., ("end", (where the next record starts, damages, DecodeStats)); then ("done",
     None)."""
+    _as_a_reader()
     with _reported(q):
         for _idx, (a, stop) in spans:
             first = 24 if a <= 24 else record_near(path, a)
@@ -220,6 +222,13 @@ def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection:
                             lambda b, d=stats: q.put(("batch", prepare(b, selection, d, counts))))
             q.put(("end", (nxt, damages, stats)))
         q.put(("done", None))
+
+
+def _as_a_reader() -> None:
+    """A helper's memory and collector settings, as this process has them (a helper that
+    was spawned, not forked, because a progress bar's thread runs, starts without them)."""
+    _keep_freed_memory()
+    gc.set_threshold(*FEW_COLLECTIONS)
 
 
 @contextlib.contextmanager
@@ -278,6 +287,7 @@ def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue,
             expression: str | None = None) -> None:
     damages: list[Damage] = []
     stats = DecodeStats()
+    _as_a_reader()
     with _reported(q):
         for batch in _read(path, damages, expression):
             q.put(("batch", prepare(batch, selection, stats, counts)))

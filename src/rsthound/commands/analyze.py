@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import time
 import traceback
 from typing import Any, TextIO
 
@@ -161,16 +162,24 @@ class Progress:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
+        # refreshed from here, not by a thread of its own: with no thread running, the
+        # reading processes can be forked (at once, with this one's settings), not spawned
         self.bar = Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
             TimeRemainingColumn(), console=Console(file=err), transient=True,
+            auto_refresh=False,
         )
         self.bar.start()
         self.tasks = {f: self.bar.add_task(os.path.basename(f), total=s) for f, s in sizes.items()}
+        self.shown = 0.0
 
     def update(self, path: str, offset: int) -> None:
         if self.bar is not None:
             self.bar.update(self.tasks[path], completed=offset)
+            now = time.monotonic()
+            if now - self.shown >= 0.1:
+                self.shown = now
+                self.bar.refresh()
 
     def done(self, path: str) -> None:
         if self.bar is not None:
