@@ -256,3 +256,36 @@ def test_progress_bar_on_a_terminal_and_the_same_summary(generated):
     assert "gen.pcap" in text and re.search(r"\d/\d+\.\d MB", text), text[:2000]
     summary = piped.splitlines()
     assert summary[1] in text and summary[-1].strip() in text
+
+
+def _record_at_or_after(raw: bytes | bytearray, at: int) -> int:
+    import struct
+
+    off = 24
+    while off < at:
+        off += 16 + struct.unpack_from("<I", raw, off + 8)[0]
+    return off
+
+
+def test_damage_at_a_spans_first_record_and_a_jump_in_time(generated, tmp_path, small_spans):
+    """Found by fuzzing: (1) damage right at a span's first record, where the resync must
+    judge times by the record before (in the span before); (2) a jump of 400 s, after which
+    idle connections end where a batch ends. Read in spans, both give one walk's result."""
+    import struct
+
+    from rsthound import pipeline
+
+    raw = bytearray(generated.read_bytes())
+    damaged = tmp_path / "damaged.pcap"
+    at = _record_at_or_after(raw, 5 * pipeline.CHUNK)
+    bad = bytearray(raw)
+    struct.pack_into("<I", bad, at + 8, 262145)  # one more than any snaplen
+    damaged.write_bytes(bad)
+    jumped = tmp_path / "jumped.pcap"
+    at = _record_at_or_after(raw, len(raw) // 2)
+    late = bytearray(raw)
+    struct.pack_into("<I", late, at, struct.unpack_from("<I", raw, at)[0] + 400)
+    jumped.write_bytes(late)
+    for path in (damaged, jumped):
+        inline = _run(path, parallel=False)
+        assert _run(path, parallel=True) == inline, path.name

@@ -62,9 +62,13 @@ def analyze_file(path: str, analysis: Analysis,
 
 def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None],
                   parallel: bool, expression: str | None) -> None:
-    # Spans change where batches begin, and so the order connections end in: only where
-    # nothing is streamed out one by one (a summary), so that --conns keeps its order.
-    spans = _spans(path) if parallel and analysis.table.on_quick is not None else None
+    # Spans: for a summary. A summary's batches also end at each CHUNK border, read in
+    # spans or not, so that both ways make the same batches (a connection's end can
+    # depend on where batches end). Connections and resets streamed out one by one keep
+    # the batches and the order they always had.
+    summary = analysis.table.on_quick is not None
+    border = CHUNK if summary else None
+    spans = _spans(path) if parallel and summary else None
     if spans is not None and len(spans) > 1:
         _read_spans(path, spans, analysis, progress, expression)
         return
@@ -74,14 +78,14 @@ def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None]
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(
                 target=_helper, args=(path, analysis.selection, analysis.table.counts, q,
-                                      expression),
+                                      expression, border),
                 name="rsthound-reader", daemon=True,
             )
             helper.start()
         except OSError:  # no semaphores or no processes here (some sandboxes): read inline
             parallel = False
     if not parallel:
-        for batch in _read(path, analysis.summary.damages, expression):
+        for batch in _read(path, analysis.summary.damages, expression, border=border):
             progress(analysis.feed(batch).end_offset)
         return
     try:
@@ -125,16 +129,20 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
         h.start()
     try:
         expected = 24  # the first record of the next span, proved by reading up to it
+        last_sec = None  # the time of the record before it (for a resync after damage)
         for idx, (_a, stop) in enumerate(spans):
             q, helper = queues[idx % READERS], helpers[idx % READERS]
             _, first = _take(q, helper, "start")
-            if expected >= stop or first != expected:
+            if expected < stop and first == expected:
+                expected, span_last = _feed(q, helper, analysis, progress)
+                last_sec = span_last if span_last is not None else last_sec
+            else:
                 _skip_span(q, helper)  # the guess was wrong, or the span holds no record
-                if expected < stop:
-                    expected = _read_inline(path, (expected, stop), analysis, progress,
-                                            expression)
-                continue
-            expected = _feed(q, helper, analysis, progress)
+            # what the helper could not read (from a wrong guess, or from damage, which it
+            # leaves to this process: a resync judges times by the record before)
+            if expected < stop:
+                expected, last_sec = _read_inline(path, (expected, stop), analysis,
+                                                  progress, expression, last_sec)
         for q, helper in zip(queues, helpers, strict=True):
             _take(q, helper, "done")
     finally:
@@ -145,20 +153,20 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
 
 
 def _feed(q: mp.Queue, helper: mp.Process, analysis: Analysis,
-          progress: Callable[[int], None]) -> int:
-    """A helper's batches into `analysis`, up to the end of what it reads: then where the
-    next record starts. Its damage and decode counts come with the end (so that a span
-    read again by this process counts once)."""
+          progress: Callable[[int], None]) -> tuple[int, int | None]:
+    """A helper's batches into `analysis`, up to the end of what it reads: then where it
+    stopped and the time of its last record. Its damage and decode counts come with the
+    end (so that a span read again by this process counts once)."""
     while True:
         kind, payload = _take(q, helper)
         if kind == "batch":
             analysis.feed_prepared(payload)
             progress(payload.end_offset)
             continue
-        nxt, damages, stats = payload  # "end"
+        ended, damages, stats = payload  # "end"
         analysis.summary.damages.extend(damages)
         analysis.stats.merge(stats)
-        return nxt
+        return ended
 
 
 def _take(q: mp.Queue, helper: mp.Process, want: str | None = None) -> tuple[str, object]:
@@ -187,14 +195,18 @@ def _skip_span(q: mp.Queue, helper: mp.Process) -> None:
 
 
 def _read_inline(path: str, span: tuple[int, int], analysis: Analysis,
-                 progress: Callable[[int], None], expression: str | None) -> int:
-    """Read one span here; where the next record starts."""
-    return _each(_read(path, analysis.summary.damages, expression, span),
-                 lambda batch: progress(analysis.feed(batch).end_offset))
+                 progress: Callable[[int], None], expression: str | None,
+                 last_sec: int | None) -> tuple[int, int | None]:
+    """Read one span here: where the next record starts, and the last record's time."""
+    got = _each(_read(path, analysis.summary.damages, expression, span, last_sec=last_sec,
+                      border=CHUNK),
+                lambda batch: progress(analysis.feed(batch).end_offset))
+    assert got is not None  # (a classic pcap's reader returns where it stopped)
+    return got
 
 
-def _each(batches: Generator[RecordBatch, None, int | None],
-          use: Callable[[RecordBatch], object]) -> int | None:
+def _each(batches: Generator[RecordBatch, None, tuple[int, int | None] | None],
+          use: Callable[[RecordBatch], object]) -> tuple[int, int | None] | None:
     """Each batch to `use`; then where the next record starts (what `batches` returns)."""
     while True:
         try:
@@ -216,11 +228,13 @@ def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection:
             q.put(("start", first))
             damages: list[Damage] = []
             stats = DecodeStats()
-            nxt = first
-            if first is not None and first < stop:
-                nxt = _each(_read(path, damages, expression, (first, stop), check=False),
-                            lambda b, d=stats: q.put(("batch", prepare(b, selection, d, counts))))
-            q.put(("end", (nxt, damages, stats)))
+            ended = (first, None)
+            if first is not None and first < stop:  # (damage: left to the main process)
+                ended = _each(_read(path, damages, expression, (first, stop), check=False,
+                                    border=CHUNK, until_damage=True),
+                              lambda b, d=stats: q.put(("batch",
+                                                        prepare(b, selection, d, counts))))
+            q.put(("end", (ended, damages, stats)))
         q.put(("done", None))
 
 
@@ -270,11 +284,12 @@ def _worth_a_helper(path: str) -> bool:
 
 def _read(path: str, damages: list[Damage], expression: str | None,
           span: tuple[int, int] | None = None, check: bool = True,
-          ) -> Generator[RecordBatch, None, int | None]:
+          last_sec: int | None = None, border: int | None = None, until_damage: bool = False,
+          ) -> Generator[RecordBatch, None, tuple[int, int | None] | None]:
     """The file's batches (of `span`), those packets only that `expression` takes; returns
-    where the next record starts (for a span)."""
+    where reading stopped and the last record's time (a classic pcap)."""
     keep = PacketFilter(expression, check=check) if expression is not None else None
-    batches = read_capture(path, damages, span)
+    batches = read_capture(path, damages, span, last_sec, border, until_damage)
     while True:
         try:
             batch = next(batches)
@@ -284,11 +299,11 @@ def _read(path: str, damages: list[Damage], expression: str | None,
 
 
 def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue,
-            expression: str | None = None) -> None:
+            expression: str | None = None, border: int | None = None) -> None:
     damages: list[Damage] = []
     stats = DecodeStats()
     _as_a_reader()
     with _reported(q):
-        for batch in _read(path, damages, expression):
+        for batch in _read(path, damages, expression, border=border):
             q.put(("batch", prepare(batch, selection, stats, counts)))
-        q.put(("end", (0, damages, stats)))
+        q.put(("end", ((0, None), damages, stats)))

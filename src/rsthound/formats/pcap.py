@@ -89,14 +89,21 @@ def read_pcap(
     data: bytes | memoryview, path: str, damages: list[Damage],
     release: Callable[[int], None] = lambda _offset: None,
     span: tuple[int, int] | None = None,
-) -> Generator[RecordBatch, None, int]:
+    last_sec: int | None = None,
+    border: int | None = None,
+    until_damage: bool = False,
+) -> Generator[RecordBatch, None, tuple[int, int | None]]:
     """Walk every record of a classic pcap held in `data` (usually an mmap).
 
     Damage found on the way is appended to `damages`; sound records are still yielded.
     Once a batch has been consumed, `release(offset)` says that nothing before `offset`
     is needed any more. `span` (first, stop): only the records from the one at `first`
-    to the last that starts before `stop`. Returns where reading stopped: the first
-    record at or after `stop` (or the end of the file).
+    to the last that starts before `stop`; `last_sec`: the time of the record before it
+    (what a resync after damage judges timestamps by). `border`: a batch also ends at
+    each multiple of this many bytes (so that spans read apart make the same batches).
+    `until_damage`: stop at the first header that cannot be right, without resyncing.
+    Returns where reading stopped (the first record at or after `stop`, the end of the
+    file, or the damage), and the time of the last record yielded.
     """
     hdr = parse_pcap_header(bytes(data[:24]), path)
     if hdr.linktype not in SUPPORTED:
@@ -111,17 +118,22 @@ def read_pcap(
     limit = hdr.max_caplen
     off, stop = span if span is not None else (24, len(arr))
     walk = _Walker(arr, hdr, stop)
-    last_sec: int | None = None
     ahead = np.zeros(0, dtype=np.int64)  # sound records walked, not yet in a batch
     while off < stop:
         # Sound records from `off` on, BATCH at most, up to the first header that cannot
         # be right (or the end of the file): `off` is then where that header is.
+        stopped = False
         while len(ahead) < BATCH:
             run, nxt = walk.sound(int(ahead[-1]) if len(ahead) else off, bool(len(ahead)))
             ahead = np.concatenate([ahead, run])
             if nxt is None:
+                stopped = True
                 break
-        starts, ahead = ahead[:BATCH], ahead[BATCH:]
+        take = BATCH
+        if border and len(ahead):  # not across a border
+            edge = (int(ahead[0]) // border + 1) * border
+            take = min(take, int(np.searchsorted(ahead, edge)))
+        starts, ahead = ahead[:take], ahead[take:]
         n = len(starts)
         if len(ahead):
             off = int(ahead[0])
@@ -135,14 +147,16 @@ def read_pcap(
                 last_sec = int(batch.ts[-1])
                 yield batch
                 release(off)
-        if n == BATCH or off >= stop:
+        if not stopped or len(ahead) or off >= stop:
             continue
         # `off` is where the walk stopped short of a sound record.
+        if until_damage:
+            return off, last_sec
         if off + 16 > end:
             damages.append(
                 Damage(path, off, end - off, f"truncated record header ({end - off} of 16 bytes)")
             )
-            return end
+            return end, last_sec
         incl = caplen_of(data, off + 8)[0]
         if off + 16 + incl > end and incl <= limit:
             damages.append(
@@ -153,15 +167,15 @@ def read_pcap(
                     f"truncated last record: it says {incl} bytes, {end - off - 16} remain",
                 )
             )
-            return end
+            return end, last_sec
         nxt = _resync(arr, off, hdr, last_sec)
         reason = f"record length {incl} is impossible (snaplen {hdr.snaplen}); garbage in the file"
         if nxt is None:
             damages.append(Damage(path, off, end - off, reason + "; nothing readable after it"))
-            return end
+            return end, last_sec
         damages.append(Damage(path, off, nxt - off, reason))
         off = nxt
-    return off
+    return off, last_sec
 
 
 REGION = 32 << 20  # bytes walked at a time

@@ -21,14 +21,17 @@ from rsthound.model import Damage
 
 
 def read_capture(path: str, damages: list[Damage], span: tuple[int, int] | None = None,
-                 ) -> Generator[RecordBatch, None, int | None]:
+                 last_sec: int | None = None, border: int | None = None,
+                 until_damage: bool = False,
+                 ) -> Generator[RecordBatch, None, tuple[int, int | None] | None]:
     """Yield the record batches of the capture at `path` ("-": standard input), read
     through a memory map when it is a regular file, else read whole.
 
     BadInput when the file cannot be opened or is no capture at all; damage inside a
     capture is appended to `damages` and reading goes on. `span` (first record, stop),
     classic pcap only: the records from `first` to the last that starts before `stop`;
-    then the return value is where the next record starts.
+    then the return value is where the next record starts and the last record's time
+    (`last_sec`, `border`, `until_damage`: as `read_pcap` takes them).
     """
     try:
         fd = os.dup(0) if path == "-" else os.open(path, os.O_RDONLY)
@@ -56,7 +59,8 @@ def read_capture(path: str, damages: list[Damage], span: tuple[int, int] | None 
         head = data[:12]
         release = _releaser(data) if isinstance(data, mmap.mmap) else (lambda _off: None)
         if is_pcap(head):
-            return (yield from read_pcap(data, path, damages, release, span))
+            return (yield from read_pcap(data, path, damages, release, span, last_sec,
+                                         border, until_damage))
         if span is not None:
             raise BadInput("only a classic pcap file can be read in parts", path, 0)
         if is_pcapng(head):
