@@ -132,7 +132,7 @@ def test_flow_numbers_stay_exact_when_keys_hashes_collide(monkeypatch):
     batches = [b for p in sorted(DATA.glob("*.pcap*")) for b in read_capture(str(p), [])]
     assert any(len(b) > 20 for b in batches)
     want = [groups(decode_tcp(b, DecodeStats())) for b in batches]
-    monkeypatch.setattr(columns, "_K", [np.uint64(0)] * 5)
+    monkeypatch.setattr(columns, "HASH_MIX", [np.uint64(0)] * 5)
     got = [decode_tcp(b, DecodeStats()) for b in batches]
     assert [groups(c) for c in got] == want
     # and the keys read back are each connection's, whichever way its packets went

@@ -591,7 +591,7 @@ class FlowTable:
             for key in list(self._held):
                 self._replay_held(key)
             for key in list(self._open):
-                self._replay(self._open, key)
+                self._replay_open(key)
             self._carried = None
             return np.ones(n, dtype=bool)
         flows, opened = self.flows, self._open
@@ -693,13 +693,17 @@ class FlowTable:
                 block.index = {k: i for i, k in enumerate(block.keys)}
             i = block.index.get(key)
             if i is not None and block.live[i]:
-                self._replay({key: (block, i)}, key)
+                self._replay(key, block, i)
                 return
 
-    def _replay(self, table: dict[bytes, tuple[_Rows, int]], key: bytes) -> None:
-        """A connection set aside (held or carried) through `packet`, as it would have
-        gone in its batch."""
-        block, i = table.pop(key)
+    def _replay_open(self, key: bytes) -> None:
+        """A carried connection through `packet`."""
+        block, i = self._open.pop(key)
+        self._replay(key, block, i)
+
+    def _replay(self, key: bytes, block: _Rows, i: int) -> None:
+        """A connection set aside (held or carried), connection `i` of `block`, through
+        `packet`, as it would have gone in its batch."""
         block.live[i] = False
         for r in range(int(block.first[i]), int(block.last[i]) + 1):
             self._packet_row(key, block.rows, r)
@@ -733,7 +737,7 @@ class FlowTable:
         for key, (_block, i) in list(self._open.items()):
             if now is None or now - float(carried.rows["ts"][carried.last[i]]) > \
                     self.idle_timeout:
-                self._replay(self._open, key)
+                self._replay_open(key)
         if not self._open:
             self._carried = None
 
@@ -818,7 +822,7 @@ class FlowTable:
         ka, kb = a + err.sport.to_bytes(2, "big"), b + err.dport.to_bytes(2, "big")
         key = ka + kb if ka <= kb else kb + ka
         if key in self._open:  # carried open (a SYN, say): the table decides from here on
-            self._replay(self._open, key)
+            self._replay_open(key)
         flow = self.flows.get(key)
         if flow is None or flow.resp.pkts or flow.a_is_orig != (ka <= kb):
             return

@@ -14,6 +14,7 @@ import numpy as np
 
 from rsthound.analyze.evidence import n_of
 from rsthound.analyze.flows import FAILURE, REJ, STATES, Quick
+from rsthound.formats.columns import HASH_MIX
 from rsthound.formats.inet import format_addr
 from rsthound.model import Conn, Damage, Icmp, Reset, ResetKind
 from rsthound.textforms import endpoint, rate, seconds, steady
@@ -265,16 +266,13 @@ class Summarizer:
         self._service(*server).resets[(r.kind.value, r.sent_by)] += 1
 
 
-_MIX = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)]
-
-
 def _groups(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows with equal values in all of `cols` (uint64): (a row of each group, each row's
     group). Grouped by a hash, checked against the values (np.unique's own way if two
     differ)."""
     with np.errstate(over="ignore"):
         h = np.zeros(len(cols[0]), dtype=np.uint64)
-        for c, k in zip(cols, _MIX, strict=False):
+        for c, k in zip(cols, HASH_MIX, strict=False):
             h ^= c * k
         h ^= h >> np.uint64(29)
     _, rep, which = np.unique(h, return_index=True, return_inverse=True)

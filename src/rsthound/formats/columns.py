@@ -435,7 +435,7 @@ def _merge_slow(
     return src, dst, sport, dport
 
 
-_K = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+HASH_MIX = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
                              0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)]
 
 
@@ -461,7 +461,7 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
     a_is_src = ks <= kd
     lo, hi = np.minimum(ks, kd), np.maximum(ks, kd)
     with np.errstate(over="ignore"):
-        h = (lo * _K[0]) ^ (hi * _K[1])
+        h = (lo * HASH_MIX[0]) ^ (hi * HASH_MIX[1])
     six = np.flatnonzero(~v4)
     canon6 = None
     if len(six):  # IPv6: the whole key
@@ -472,8 +472,9 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
                   np.where(a, dh, sh), np.where(a, dl, sl), np.where(a, dp, sp)]
         ports = (canon6[2].astype(np.uint64) << sixteen) | canon6[5].astype(np.uint64)
         with np.errstate(over="ignore"):
-            h[six] = ((canon6[0] * _K[0]) ^ (canon6[1] * _K[1]) ^ (canon6[3] * _K[2])
-                      ^ (canon6[4] * _K[3]) ^ (ports * _K[4]))
+            k = HASH_MIX
+            h[six] = ((canon6[0] * k[0]) ^ (canon6[1] * k[1]) ^ (canon6[3] * k[2])
+                      ^ (canon6[4] * k[3]) ^ (ports * k[4]))
     h ^= h >> np.uint64(31)
     cols.a_is_src = a_is_src
     # one sort of (hash, row) in one word, the row in the low bits: stable, and faster

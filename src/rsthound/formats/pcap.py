@@ -299,22 +299,15 @@ class _Walker:
         q = at[row] + col
         ok = q + 16 <= stop
         q, row = q[ok], row[ok]
-        good = self._believable(q, sec0)
+        good = _plausible(arr, q, self.hdr, sec0)
         q, row = q[good], row[good]
         nxt = q + 16 + u32[q + 8].astype(np.int64)
         good = (nxt == self.end) | (
-            (nxt + 16 <= self.end) & self._believable(np.minimum(nxt, self.end - 16), sec0))
+            (nxt + 16 <= self.end) & _plausible(arr, np.minimum(nxt, self.end - 16), self.hdr,
+                                                sec0))
         q, row = q[good], row[good]
         _, first = np.unique(row, return_index=True)  # the first in each range
         return q[first]
-
-    def _believable(self, q: np.ndarray, sec0: int) -> np.ndarray:
-        u32 = self.u32
-        sec = u32[q].astype(np.int64)
-        incl = u32[q + 8].astype(np.int64)
-        return ((np.abs(sec - sec0) <= DAY) & (u32[q + 4] < self.hdr.ticks)
-                & (incl <= self.limit) & (incl <= u32[q + 12])
-                & (q + 16 + incl <= self.end))
 
 
 def first_record(data: bytes | memoryview, at: int) -> int | None:
@@ -379,10 +372,9 @@ def _columns(
 def _plausible(
     arr: np.ndarray, pos: np.ndarray, hdr: PcapHeader, last_sec: int | None,
 ) -> np.ndarray:
-    sec = u32_at(arr, pos, hdr.little).astype(np.int64)
-    frac = u32_at(arr, pos + 4, hdr.little)
-    incl = u32_at(arr, pos + 8, hdr.little)
-    orig = u32_at(arr, pos + 12, hdr.little)
+    u32 = unaligned(arr, ("<" if hdr.little else ">") + "u4")
+    sec, frac, incl, orig = (u32[pos + k] for k in (0, 4, 8, 12))
+    sec = sec.astype(np.int64)
     ok = (frac < hdr.ticks) & (incl <= hdr.max_caplen) & (incl <= orig) & (incl >= 14)
     if last_sec is not None:
         ok &= np.abs(sec - last_sec) <= DAY

@@ -57,13 +57,6 @@ def u32_at(buf: np.ndarray, off: np.ndarray, little: bool) -> np.ndarray:
     return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
 
 
-def u16_at(buf: np.ndarray, off: np.ndarray, little: bool = False) -> np.ndarray:
-    """Gather a 16-bit unsigned integer at each offset of `off` (big-endian by default)."""
-    b0 = buf[off].astype(np.uint32)
-    b1 = buf[off + 1].astype(np.uint32)
-    return (b1 << 8 | b0) if little else (b0 << 8 | b1)
-
-
 def unaligned(buf: np.ndarray, dtype: str) -> np.ndarray:
     """A view of `buf` where element i is the `dtype` value starting at byte i (so one
     gather reads a multi-byte field at any offset)."""
