@@ -77,8 +77,8 @@ def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None]
         try:
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(
-                target=_helper, args=(path, analysis.selection, analysis.table.counts, q,
-                                      expression, border),
+                target=_span_reader, args=(path, [None], analysis.selection,
+                                           analysis.table.counts, q, expression, border),
                 name="rsthound-reader", daemon=True,
             )
             helper.start()
@@ -89,7 +89,9 @@ def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None]
             progress(analysis.feed(batch).end_offset)
         return
     try:
+        _take(q, helper, "start")
         _feed(q, helper, analysis, progress)
+        _take(q, helper, "done")
     finally:
         if helper.is_alive():
             helper.terminate()
@@ -120,8 +122,8 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
     queues = [ctx.Queue(maxsize=QUEUE_DEPTH * 2) for _ in range(READERS)]
     helpers = [
         ctx.Process(target=_span_reader,
-                    args=(path, list(enumerate(spans))[j::READERS], analysis.selection,
-                          analysis.table.counts, queues[j], expression),
+                    args=(path, spans[j::READERS], analysis.selection,
+                          analysis.table.counts, queues[j], expression, CHUNK),
                     name=f"rsthound-reader-{j}", daemon=True)
         for j in range(READERS)
     ]
@@ -134,7 +136,9 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
             q, helper = queues[idx % READERS], helpers[idx % READERS]
             _, first = _take(q, helper, "start")
             if expected < stop and first == expected:
-                expected, span_last = _feed(q, helper, analysis, progress)
+                ended = _feed(q, helper, analysis, progress)
+                assert ended is not None  # (a classic pcap's reader says where it stopped)
+                expected, span_last = ended
                 last_sec = span_last if span_last is not None else last_sec
             else:
                 _skip_span(q, helper)  # the guess was wrong, or the span holds no record
@@ -153,10 +157,10 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
 
 
 def _feed(q: mp.Queue, helper: mp.Process, analysis: Analysis,
-          progress: Callable[[int], None]) -> tuple[int, int | None]:
+          progress: Callable[[int], None]) -> tuple[int, int | None] | None:
     """A helper's batches into `analysis`, up to the end of what it reads: then where it
-    stopped and the time of its last record. Its damage and decode counts come with the
-    end (so that a span read again by this process counts once)."""
+    stopped and the time of its last record (None for a pcapng file). Its damage and
+    decode counts come with the end (so that a span read again here counts once)."""
     while True:
         kind, payload = _take(q, helper)
         if kind == "batch":
@@ -216,22 +220,29 @@ def _each(batches: Generator[RecordBatch, None, tuple[int, int | None] | None],
         use(batch)
 
 
-def _span_reader(path: str, spans: list[tuple[int, tuple[int, int]]], selection: Selection,
-                 counts: bool, q: mp.Queue, expression: str | None) -> None:
-    """A helper: each of its spans as ("start", first record or None), ("batch", Prepared)
-    ..., ("end", (where the next record starts, damages, DecodeStats)); then ("done",
-    None)."""
+def _span_reader(path: str, spans: list[tuple[int, int] | None], selection: Selection,
+                 counts: bool, q: mp.Queue, expression: str | None,
+                 border: int | None) -> None:
+    """A helper: each of its spans (None: the whole file) as ("start", first record or
+    None), ("batch", Prepared) ..., ("end", ((where it stopped, its last record's time),
+    damages, DecodeStats)); then ("done", None). In a span, damage is left to the main
+    process (a resync judges times by the record before, which only it knows)."""
     _as_a_reader()
     with _reported(q):
-        for _idx, (a, stop) in spans:
-            first = 24 if a <= 24 else record_near(path, a)
+        for span in spans:
+            if span is None:
+                first, stop = 24, None
+            else:
+                a, stop = span
+                first = 24 if a <= 24 else record_near(path, a)
             q.put(("start", first))
             damages: list[Damage] = []
             stats = DecodeStats()
             ended = (first, None)
-            if first is not None and first < stop:  # (damage: left to the main process)
-                ended = _each(_read(path, damages, expression, (first, stop), check=False,
-                                    border=CHUNK, until_damage=True),
+            if stop is None or (first is not None and first < stop):
+                ended = _each(_read(path, damages, expression,
+                                    None if stop is None else (first, stop), check=False,
+                                    border=border, until_damage=stop is not None),
                               lambda b, d=stats: q.put(("batch",
                                                         prepare(b, selection, d, counts))))
             q.put(("end", (ended, damages, stats)))
@@ -296,14 +307,3 @@ def _read(path: str, damages: list[Damage], expression: str | None,
         except StopIteration as end:
             return end.value
         yield batch if keep is None else keep.batch(batch)
-
-
-def _helper(path: str, selection: Selection, counts: bool, q: mp.Queue,
-            expression: str | None = None, border: int | None = None) -> None:
-    damages: list[Damage] = []
-    stats = DecodeStats()
-    _as_a_reader()
-    with _reported(q):
-        for batch in _read(path, damages, expression, border=border):
-            q.put(("batch", prepare(batch, selection, stats, counts)))
-        q.put(("end", ((0, None), damages, stats)))
