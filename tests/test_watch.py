@@ -149,7 +149,7 @@ def receiver():
 
 @pytest.mark.kernel
 def test_refusals_alert_then_clear(cli, netns, receiver):
-    """~2 refused connects a second inside a namespace: a warn alert within 3 samples that
+    """~2 refused connects a second inside a namespace: a warn alert within 4 samples that
     names outgoing refusals, a clear after they stop; the webhook and Alertmanager get both."""
     url, got = receiver
     client = netns.start(_KNOCK.format(port=7211, n=8, gap=0.5))
@@ -160,12 +160,13 @@ def test_refusals_alert_then_clear(cli, netns, receiver):
     assert r.code == 0, r.err
     ev = r.lines()
     first = [e for e in ev if e["rule"] == "failed-connections"]
-    assert [e["event"] for e in first] == ["alert", "findings", "clear"], ev
+    # the findings come when the investigation ends: before the clear, or on a loaded
+    # machine after it
+    assert _in_turn([e["event"] for e in first]), ev
     alert = first[0]
     assert alert["level"] == "warn" and alert["case"] == ["outgoing-refused"]
     assert 1.0 <= alert["rate"] <= 3.0 and alert["host"] == "box"
     assert "refused on this host" in alert["summary"]
-    assert _epoch(alert["ts"]) - t0 <= 3 * 0.5 + 1.0  # within 3 samples (plus start-up)
     assert not [e for e in ev if e["rule"] == "resets-sent"]  # 2/s of resets is under warn
     # the alert set off diagnose's investigation: its findings follow the alert
     found = [e for e in ev if e["event"] == "findings"]
@@ -175,8 +176,7 @@ def test_refusals_alert_then_clear(cli, netns, receiver):
     assert [c["pid"] for c in top["clients"]] == [client.pid]
     assert "127.0.0.1:7211: no-listener" in found[0]["summary"]
     hooks = [b for p, b in got if p == "/hook"]
-    assert [b["event"] for b in hooks if b["rule"] == "failed-connections"] == [
-        "alert", "findings", "clear"]
+    assert _in_turn([b["event"] for b in hooks if b["rule"] == "failed-connections"]), hooks
     am = [b for p, b in got if p == "/api/v2/alerts"]
     assert am[0][0]["labels"]["alertname"] == "RstHound_failed_connections"
     assert "endsAt" in am[-1][0] and am[0][0]["labels"]["severity"] == "warn"
@@ -187,10 +187,64 @@ def test_refusals_alert_then_clear(cli, netns, receiver):
     # (the first knock may come before watch's first sample)
     h = cli("history", "--netns", netns, "--since", "1m", "--json")
     assert h.code == 0, h.err
-    assert sum(p["increase"] for p in h.json()["points"]) in (7, 8)
-    assert [e["event"] for e in h.json()["alerts"]] == ["alert", "findings", "clear"]
+    points = h.json()["points"]
+    # knocks before watch's first sample are not its to count: one, or more on a loaded
+    # machine whose start-up is slow
+    missed = int((_epoch(points[0]["t"]) - t0) / 0.5) + 1
+    assert 8 - missed <= sum(p["increase"] for p in points) <= 8, (t0, points)
+    # the alert comes at watch's 4th sample: the first counts as a whole window (1 failure in
+    # 1.5 s is under warn), then 3 at the warn rate. Counted in samples, not seconds, so that
+    # a loaded machine's start-up is not taken for watch's latency.
+    at = _epoch(alert["ts"])
+    before = [p for p in points if _epoch(p["t"]) + p["seconds"] <= at + 0.05]
+    assert 3 <= len(before) <= 4, (points, alert["ts"])
+    assert _in_turn([e["event"] for e in h.json()["alerts"]]), h.out
     chart = cli("history", "--netns", netns, "--since", "1m")
     assert "FINDINGS warn: 127.0.0.1:7211: no-listener" in chart.out
+
+
+# refused connects from processes gone before the trace could ask for their namespace: a
+# subshell connects and exits at once, 150 times, 20 ms apart
+_SHORT_LIVED = ("for i in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/7211) 2>/dev/null; "
+                "sleep 0.02; done")
+
+
+@pytest.mark.kernel
+def test_failures_of_gone_processes_count_in_their_namespace_only(cli, netns_factory):
+    """The trace is the whole host's. A failed connect whose process was gone before its
+    namespace could be read counts where the capture saw its packets, at that moment: the
+    namespace it failed in alerts on it, another one watched at the same time, with the
+    same addresses and ports failing more slowly, neither counts nor names it."""
+    import subprocess
+    import sys
+
+    calm, busy = netns_factory(), netns_factory()
+    noise = subprocess.Popen(busy.argv("bash", "-c", _SHORT_LIVED))
+    client = calm.start(_KNOCK.format(port=7211, n=8, gap=0.5))
+    try:
+        there = subprocess.Popen(
+            [sys.executable, "-m", "rsthound", "watch", "--netns", busy, "--interval", "0.5",
+             "--duration", "3", "--json", "--no-history"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        here = cli("watch", "--netns", calm, "--interval", "0.5", "--duration", "4", "--json")
+        out, err = there.communicate(timeout=30)
+        client.wait(timeout=10)
+    finally:
+        noise.kill()
+        noise.wait()
+    assert here.code == 0 and there.returncode == 0, (here.err, err)
+    ev = [e for e in here.lines() if e["rule"] == "failed-connections"]
+    assert {e["level"] for e in ev} == {"warn"}, here.out  # 2/s: its own knocks only
+    found = [e for e in ev if e["event"] == "findings"]
+    assert found, here.out
+    clients = found[0]["findings"][0]["clients"]  # threads gone by then named too
+    assert [c["pid"] for c in clients] == [client.pid], clients
+    h = cli("history", "--netns", calm, "--since", "1m", "--json")
+    assert h.code == 0 and sum(p["increase"] for p in h.json()["points"]) <= 8, h.out
+    alert = [json.loads(x) for x in out.splitlines()]
+    alert = [e for e in alert if e["event"] == "alert" and e["rule"] == "failed-connections"]
+    assert alert and alert[0]["level"] in ("error", "critical"), out
+    assert alert[0]["case"] == ["outgoing-refused"], alert
 
 
 @pytest.mark.kernel
@@ -232,6 +286,11 @@ def test_silent_drop_is_named_timeouts(cli, netns):
               "failed-connections"]
     assert alerts and alerts[0]["case"] == ["outgoing-timeout"], r.out
     assert "time out" in alerts[0]["summary"]
+
+
+def _in_turn(events: list[str]) -> bool:
+    """An alert, then its findings and its clear, in either order."""
+    return events in (["alert", "findings", "clear"], ["alert", "clear", "findings"])
 
 
 def _epoch(iso: str) -> float:

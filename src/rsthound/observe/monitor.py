@@ -33,7 +33,7 @@ class Monitor:
         self.skipped: list[Skip] = []  # parts it runs without (no trace, say)
         self.running = False
         self.traced = False  # its trace runs: `failed_connects` counts every failed connect
-        self.failed_connects = 0  # so far, traced
+        self.failed_connects = 0  # so far, traced, of this namespace (Pairing.ours)
         self.started = threading.Event()  # set once running, or failed
         self.instances: list[str] = []  # its tracefs instance, once open
         self.context: Context | None = None
@@ -99,12 +99,13 @@ class Monitor:
             if now - start < TICK:
                 continue
             after, now_listening = obs.counter_values(), owners.fill(obs.listening())
-            seen, failed = sights.take(), obs.failed_connects()
-            self.failed_connects += len(failed)  # as the trace tells them: alerts wait not
+            seen = sights.take()
+            failed = pairing.pair(seen, obs.failed_connects(), now)
+            self.failed_connects = pairing.ours  # as soon as they are known: alerts wait not
             facts = Facts(start, now, seen, captured=True,
                           listeners_before=listening, listeners=now_listening,
                           counters=increases(before, after), traced=obs.traced,
-                          failed=pairing.pair(seen, failed, now))
+                          failed=failed)
             ctx.network(facts)
             with self._lock:
                 self.recent.append(facts)

@@ -23,6 +23,7 @@ from rsthound.sources.sockdiag import ListenerReader
 from rsthound.sources.tracefs import Tracer
 
 TRACE = "process names and reset reasons (kernel trace)"
+TOGETHER = 0.5  # seconds: how far the capture's and the trace's clocks may disagree
 CAPTURE = "live capture (which service, which client, why)"
 
 
@@ -138,12 +139,29 @@ class Observation:
         if t is None:
             return None, None
         if isinstance(event, Conn):
-            return t.process(event.orig_p, event.resp_p), None
+            return self._process(event.orig_p, event.resp_p, event.ts), None
         if isinstance(event, Icmp):
-            return t.process(event.sport, event.dport), None
+            return self._process(event.sport, event.dport, event.ts), None
         client, server = client_server(event)
-        proc = t.process(client[1], server[1]) or t.process(server[1], client[1])
+        proc = (self._process(client[1], server[1], event.ts)
+                or self._process(server[1], client[1], event.ts))
         return proc, t.reason(event.src, event.sport, event.dst, event.dport)
+
+    def _process(self, local_port: int, remote_port: int, at: float) -> Process | None:
+        """The process of this namespace that connected from `local_port` to `remote_port`:
+        the last one known to be here; else one whose namespace could not be read (it was
+        gone), if it connected at the moment `at` of the packets."""
+        assert self.tracer is not None
+        seen = self.tracer.connects(local_port, remote_port)
+        for _start, _last, proc in reversed(seen):
+            if proc.netns is not None and proc.netns == self.ns_inode:
+                return proc
+        if self.ns_inode is None:  # (no namespace to tell by)
+            return seen[-1][2] if seen else None
+        for start, last, proc in reversed(seen):
+            if proc.netns is None and start - TOGETHER <= at <= last + TOGETHER:
+                return proc
+        return None
 
     def failed_connects(self) -> list[FailedConnect]:
         """The connects of this namespace that failed (left SYN_SENT for CLOSE, or found no

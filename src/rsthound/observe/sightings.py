@@ -12,7 +12,7 @@ from rsthound.analyze.diagnosis import Seen
 from rsthound.analyze.session import Analysis
 from rsthound.formats.records import RecordBatch
 from rsthound.model import Conn, FailedConnect, Icmp, Reset, ResetKind
-from rsthound.observe.observation import Observation, client_server
+from rsthound.observe.observation import TOGETHER, Observation, client_server
 from rsthound.report.text import render_failure, render_icmp, render_reset
 
 
@@ -78,30 +78,41 @@ class Pairing:
     they come (watch's ticks, capture's lines): the trace and the capture do not tell a
     connect at the same moment. A connect whose packets come in the same take goes with
     them; one whose packets were taken before is not counted twice; one with no packet yet
-    waits up to HOLD seconds for them, then goes alone."""
+    waits up to HOLD seconds for them, then goes alone.
+
+    `ours` counts the failed connects of this namespace, each once, as soon as that is
+    known: at once for one whose process is known to be here; for one whose process was gone
+    before it could be asked (the trace is the whole host's), once this namespace's capture
+    saw its packets. Another namespace's never are: its packets are not here."""
 
     def __init__(self) -> None:
         self._held: list[FailedConnect] = []
-        self._taken: OrderedDict[tuple, float] = OrderedDict()
+        self._taken: OrderedDict[tuple, float] = OrderedDict()  # pair -> its last sighting
+        self.ours = 0
 
     def pair(self, seen: list[Seen], failed: list[FailedConnect], now: float,
              final: bool = False) -> list[FailedConnect]:
         """The failed connects to judge with `seen` now (`final`: hold none back)."""
-        keys = both_ways(seen)
-        for k in keys:
-            self._taken[k] = now
+        times = sighted(seen)
+        for k, ts in times.items():
+            self._taken[k] = max(ts)
             self._taken.move_to_end(k)
         while len(self._taken) > KEEP:
             self._taken.popitem(last=False)
+        self.ours += sum(map(known_here, failed))
         out, held = [], []
         for x in self._held + failed:
             k = x.pair
-            if k in keys:
+            if k in times and met(x, times[k]):
                 out.append(x)
+                self.ours += not known_here(x)
             elif final or now - x.end >= HOLD:
                 if known_here(x):  # alone, only where it is known to be this namespace's
                     out.append(x)
-            elif k not in self._taken:
+            elif k in self._taken and met(x, [self._taken[k]]):
+                # its packets were taken before (and counted with them)
+                self.ours += not known_here(x)
+            else:
                 held.append(x)
         self._held = held
         return out
@@ -110,7 +121,24 @@ class Pairing:
 def both_ways(seen: list[Seen]) -> set[tuple[tuple[str, int], tuple[str, int]]]:
     """The (client, server) pairs of these sightings, each also turned round: which side
     of a reset for a connection never seen opening is the client is a guess."""
-    return {k for s in seen for k in ((s.client, s.server), (s.server, s.client))}
+    return set(sighted(seen))
+
+
+def sighted(seen: list[Seen]) -> dict[tuple[tuple[str, int], tuple[str, int]], list[float]]:
+    """`both_ways`'s pairs, each with when it was seen."""
+    out: dict[tuple[tuple[str, int], tuple[str, int]], list[float]] = {}
+    for s in seen:
+        for k in ((s.client, s.server), (s.server, s.client)):
+            out.setdefault(k, []).append(s.ts)
+    return out
+
+
+def met(x: FailedConnect, times: list[float]) -> bool:
+    """Whether packets of x's addresses and ports, seen at `times`, can be x's: seen while
+    it was open. Another namespace can have a connect with the very same addresses and
+    ports (every container has its 127.0.0.1, and the kernel picks a source port from the
+    addresses, not the namespace), but not at the same moment."""
+    return any(x.start - TOGETHER <= t <= x.end + TOGETHER for t in times)
 
 
 def known_here(x: FailedConnect) -> bool:
@@ -123,5 +151,5 @@ def known_here(x: FailedConnect) -> bool:
 
 def ours(failed: list[FailedConnect], seen: list[Seen]) -> list[FailedConnect]:
     """The failed connects known to be this namespace's, or that its capture saw."""
-    keys = both_ways(seen)
-    return [x for x in failed if known_here(x) or x.pair in keys]
+    times = sighted(seen)
+    return [x for x in failed if known_here(x) or (x.pair in times and met(x, times[x.pair]))]

@@ -43,6 +43,8 @@ from rsthound.sources.processes import describe
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
 KEEP = 4096  # sockets and port pairs remembered
+PER_PAIR = 4  # connects remembered per port pair (of any namespace)
+TGIDS_AGAIN = 0.01  # seconds: saved_tgids is read again for a thread it lacks, at most this often
 MAX_FAILED = 100_000  # failed connects kept until taken (a storm loses the oldest)
 READ_EVERY = 0.05  # seconds between reads of the trace
 # Bytes of trace read per CPU and tick (4 pages, about 200 events, 4,000 a second per CPU):
@@ -87,11 +89,16 @@ class Tracer:
         self._errors: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._noroute: OrderedDict[tuple[int, str, int], float] = OrderedDict()
         self._clock = 0.0  # wall minus trace clock (s); 0: the trace has no usable clock
-        self._ports: OrderedDict[tuple[int, int], Process] = OrderedDict()
+        # (local port, remote port) -> its last connects, newest last: (into SYN_SENT, last
+        # event, process). The same ports can be another namespace's connect's too.
+        self._ports: OrderedDict[tuple[int, int], list[tuple[float, float, Process]]] = \
+            OrderedDict()
         self._reasons: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._procs: dict[int, tuple[float, Process]] = {}
         self._tgids: dict[int, int] = {}  # thread -> process, as saved_tgids says
-        self._tgids_read, self._reads = -1, 0
+        self._unnamed: dict[int, float] = {}  # threads gone, not in saved_tgids yet: since
+        self._late: OrderedDict[int, Process] = OrderedDict()  # thread -> process, found late
+        self._tgids_read, self._reads, self._tgids_at = -1, 0, 0.0
         self.events = 0
         self.behind = False  # the trace came faster than READ_BUDGET allows
         self.instances: list[str] = []
@@ -201,6 +208,8 @@ class Tracer:
                                      else time.time())
                 if budget <= 0:
                     self.behind = True
+            if self._unnamed:
+                self._name_late()
             self._reads += 1
             if self._stop.wait(READ_EVERY):
                 return
@@ -239,7 +248,9 @@ class Tracer:
             got = self._socks.get(sk)
             if got is not None and sport:
                 proc, start = got
-                _remember(self._ports, (sport, fmt.get(rec, "dport")), proc)
+                pair = (sport, fmt.get(rec, "dport"))
+                last = [c for c in self._ports.get(pair, ()) if c[0] != start][-(PER_PAIR - 1):]
+                _remember(self._ports, pair, [*last, (start, when, proc)])
                 if fmt.name == "inet_sock_set_state":  # left SYN_SENT: done with it
                     self._socks.pop(sk, None)
                     if fmt.get(rec, "newstate") == TCP_CLOSE:
@@ -287,7 +298,8 @@ class Tracer:
     def failed(self) -> list[FailedConnect]:
         """The failed connects not taken yet, oldest first."""
         with self._lock:
-            out = [FailedConnect(*x) for x in self._failed]
+            out = [FailedConnect(*x[:6], x[6] and self._named(x[6]), x[7])
+                   for x in self._failed]
             self._failed.clear()
         return out
 
@@ -301,12 +313,34 @@ class Tracer:
             lookup = self._tgid(pid) or pid
             if comm.startswith("<"):  # and a process too, maybe: the kernel's own record
                 comm = self._comm(pid) or comm
+            if lookup == pid:
+                self._unnamed.setdefault(pid, now)
         # (a live thread's id leads /proc to its process)
         proc = describe(lookup, comm, self.proc_root)
         if len(self._procs) > KEEP:
             self._procs.clear()
         self._procs[pid] = (now, proc)
         return proc
+
+    def _name_late(self) -> None:
+        """Threads gone before saved_tgids had them, named by their process now: the kernel
+        saves a thread's process when the thread last leaves the CPU, just after /proc forgot
+        it. Those it never saves (processes that are gone too) are let go after a second."""
+        now = time.monotonic()
+        self._tgids_read = -1  # read saved_tgids again
+        for tid, since in list(self._unnamed.items()):
+            tgid = self._tgid(tid)
+            if tgid is not None and tgid != tid:
+                proc = describe(tgid, self._comm(tid) or "<...>", self.proc_root)
+                self._procs[tid] = (now, proc)
+                with self._lock:
+                    _remember(self._late, tid, proc)
+            if tgid is not None or now - since > 1.0:
+                del self._unnamed[tid]
+
+    def _named(self, proc: Process) -> Process:
+        """`proc`, or the process a thread of that id turned out to belong to."""
+        return self._late.get(proc.pid, proc) if proc.netns is None else proc
 
     def _comm(self, pid: int) -> str | None:
         """The name the kernel's trace remembers for a pid (saved_cmdlines): a process that
@@ -321,19 +355,25 @@ class Tracer:
     def _tgid(self, tid: int) -> int | None:
         """The process a thread belonged to, from the kernel's saved_tgids, read again for
         each read of the trace that needs it: thread ids are reused, so an older copy may
-        name the process of an earlier thread with the same id."""
-        if self._tgids_read != self._reads:
-            self._tgids_read = self._reads
+        name the process of an earlier thread with the same id. Read again, too, when it
+        lacks the thread: a thread that ended after it was read, while the same read of the
+        trace went on (at most every TGIDS_AGAIN seconds: a storm of threads)."""
+        now = time.monotonic()
+        if self._tgids_read != self._reads or (tid not in self._tgids
+                                                and now - self._tgids_at >= TGIDS_AGAIN):
+            self._tgids_read, self._tgids_at = self._reads, now
             self._tgids = {}
             with contextlib.suppress(OSError, ValueError), open(f"{self.root}/saved_tgids") as f:
                 self._tgids = {int(a): int(b) for a, b in (ln.split() for ln in f)}
         return self._tgids.get(tid)
 
     # -- answering -------------------------------------------------------------------------
-    def process(self, local_port: int, remote_port: int) -> Process | None:
-        """The process that connected from `local_port` to `remote_port`, if seen."""
+    def connects(self, local_port: int, remote_port: int) -> list[tuple[float, float, Process]]:
+        """The last connects seen from `local_port` to `remote_port`, newest last: when each
+        entered SYN_SENT, when it was last seen, and its process."""
         with self._lock:
-            return self._ports.get((local_port, remote_port))
+            return [(a, b, self._named(p)) for a, b, p in self._ports.get((local_port,
+                                                                          remote_port), ())]
 
     def reason(self, src: str, sport: int, dst: str, dport: int) -> str | None:
         """The kernel's reason for a reset it sent from src:sport to dst:dport."""
