@@ -178,8 +178,8 @@ def read_pcap(
     return off, last_sec
 
 
-REGION = 32 << 20  # bytes walked at a time
-RANGE = 32 << 10  # bytes of a region each chain of records covers
+REGION = 64 << 20  # bytes walked at a time
+RANGE = 128 << 10  # bytes of a region each chain of records covers
 WINDOW = 2048  # bytes searched from a range's start for the first record in it
 
 
