@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import repeat
@@ -378,10 +379,13 @@ class _Rows:
     last: np.ndarray
     quick: Quick | None = None  # held: what they are
     live: np.ndarray = None  # type: ignore[assignment]
-    index: dict[bytes, int] | None = None  # key -> connection, made when first needed
 
     def __post_init__(self) -> None:
         self.live = np.ones(len(self.keys), dtype=bool)
+
+    def places(self) -> Iterator[tuple[bytes, tuple[_Rows, int]]]:
+        """Each connection's key, with where it is: (these rows, its index)."""
+        return zip(self.keys, zip(repeat(self), itertools.count()), strict=False)
 
 
 class FlowTable:
@@ -426,7 +430,7 @@ class FlowTable:
         # plain connections kept from `packet`: closed ones held as the table would hold
         # them (until a sweep finds them closed for close_delay), open ones carried to the
         # next batch: key -> (their _Rows, index)
-        self._held: set[bytes] = set()  # their keys (where they are: `_held_at`)
+        self._held: dict[bytes, tuple[_Rows, int]] = {}
         self._blocks: list[_Rows] = []
         self._open: dict[bytes, tuple[_Rows, int]] = {}
         self._carried: _Rows | None = None
@@ -584,7 +588,7 @@ class FlowTable:
         c = plan.rows
         n = len(c["flow"])
         if self._held:  # connections the table would still hold: they go on there
-            for key in self._held.intersection(keys):
+            for key in self._held.keys() & keys:
                 self._replay_held(key)
         if len(self.flows) + len(self._held) + len(self._open) + len(keys) >= self.max_conns:
             # near the cap, the table evicts: let it hold everything, as without this
@@ -643,7 +647,7 @@ class FlowTable:
             block = self._keep(keys, rows, flow_of[done], head[done], last[done])
             block.quick = _quick_of(block.keys, rows, sh, done)
             self._blocks.append(block)
-            self._held.update(block.keys)
+            self._held.update(block.places())
         opening = np.flatnonzero(shape == OPEN)
         fresh = self._keep(keys, rows, flow_of[opening], head[opening], last[opening])
         self._carried = self._merge_open(fresh)
@@ -676,7 +680,7 @@ class FlowTable:
         first = np.r_[0, np.cumsum(sizes)[:-1]]
         merged = _Rows(keys, {k: np.concatenate([p.rows[k] for p in parts])
                               for k in parts[0].rows}, first, first + sizes - 1)
-        self._open = dict(zip(keys, zip(repeat(merged), itertools.count()), strict=False))
+        self._open = dict(merged.places())
         return merged
 
     def _packet_row(self, key: bytes, rows: dict[str, np.ndarray], r: int) -> None:
@@ -686,15 +690,9 @@ class FlowTable:
                     int(rows["ipid"][r]), rows["label"][r])
 
     def _replay_held(self, key: bytes) -> None:
-        """A held connection through `packet` (its block found by its key)."""
-        self._held.discard(key)
-        for block in self._blocks:
-            if block.index is None:
-                block.index = {k: i for i, k in enumerate(block.keys)}
-            i = block.index.get(key)
-            if i is not None and block.live[i]:
-                self._replay(key, block, i)
-                return
+        """A held connection through `packet`."""
+        block, i = self._held.pop(key)
+        self._replay(key, block, i)
 
     def _replay_open(self, key: bytes) -> None:
         """A carried connection through `packet`."""
@@ -720,7 +718,7 @@ class FlowTable:
             if done.any():
                 rows = np.flatnonzero(done)
                 parts.append(block.quick.take(rows))
-                self._held.difference_update(map(block.keys.__getitem__, rows.tolist()))
+                deque(map(self._held.pop, map(block.keys.__getitem__, rows.tolist())), 0)
                 block.live[rows] = False
             if block.live.any():
                 keep.append(block)
