@@ -81,7 +81,7 @@ DEFAULT_RULES = (
     Rule("icmp6-unreachables", "Icmp6.InDestUnreachs", "ICMPv6 destination unreachables",
          warn=1.0, error=5.0, critical=20.0, untraced_only=True),
 )
-TRACED = "rsthound.FailedConnects"  # every failed connect the kernel trace saw (watch)
+TRACED = "rsthound.FailedConnects"  # the namespace's failed connects the trace saw (watch)
 DEFAULT_BASELINES = (
     Baseline("failed-connections-unusual", "Tcp.AttemptFails", "failed TCP connections"),
 )

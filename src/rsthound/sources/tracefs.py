@@ -140,10 +140,6 @@ class Tracer:
             with contextlib.suppress(OSError):
                 _write(f"{inst}/trace_clock", "mono")
                 self._clock = time.time() - time.monotonic()
-            # the kernel then keeps each thread's process id (saved_tgids): a thread that
-            # connected and ended before its event was read is still named by its process
-            with contextlib.suppress(OSError):
-                _write(f"{inst}/options/record-tgid", "1")
             for cpu in sorted(os.listdir(f"{inst}/per_cpu")):
                 self._pipes.append(os.open(f"{inst}/per_cpu/{cpu}/trace_pipe_raw",
                                            os.O_RDONLY | os.O_NONBLOCK))
