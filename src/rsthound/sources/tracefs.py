@@ -187,6 +187,8 @@ class Tracer:
         reader blocked on it makes the kernel wake it at each event, which costs the traced
         program far more than recording the event does."""
         while True:
+            if self._clock:  # again each time: the wall clock is slewed (NTP) or set
+                self._clock = time.time() - time.monotonic()
             for fd in self._pipes:
                 budget = READ_BUDGET  # per CPU and tick: the packets come first
                 while budget > 0:
