@@ -44,7 +44,6 @@ MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
 KEEP = 4096  # sockets and port pairs remembered
 PER_PAIR = 4  # connects remembered per port pair (of any namespace)
-TGIDS_AGAIN = 0.01  # seconds: saved_tgids is read again for a thread it lacks, at most this often
 MAX_FAILED = 100_000  # failed connects kept until taken (a storm loses the oldest)
 READ_EVERY = 0.05  # seconds between reads of the trace
 # Bytes of trace read per CPU and tick (4 pages, about 200 events, 4,000 a second per CPU):
@@ -98,7 +97,7 @@ class Tracer:
         self._tgids: dict[int, int] = {}  # thread -> process, as saved_tgids says
         self._unnamed: dict[int, float] = {}  # threads gone, not in saved_tgids yet: since
         self._late: OrderedDict[int, Process] = OrderedDict()  # thread -> process, found late
-        self._tgids_read, self._reads, self._tgids_at = -1, 0, 0.0
+        self._tgids_read, self._reads = -1, 0
         self.events = 0
         self.behind = False  # the trace came faster than READ_BUDGET allows
         self.instances: list[str] = []
@@ -353,13 +352,10 @@ class Tracer:
     def _tgid(self, tid: int) -> int | None:
         """The process a thread belonged to, from the kernel's saved_tgids, read again for
         each read of the trace that needs it: thread ids are reused, so an older copy may
-        name the process of an earlier thread with the same id. Read again, too, when it
-        lacks the thread: a thread that ended after it was read, while the same read of the
-        trace went on (at most every TGIDS_AGAIN seconds: a storm of threads)."""
-        now = time.monotonic()
-        if self._tgids_read != self._reads or (tid not in self._tgids
-                                                and now - self._tgids_at >= TGIDS_AGAIN):
-            self._tgids_read, self._tgids_at = self._reads, now
+        name the process of an earlier thread with the same id. (A thread it lacks yet is
+        named a read later: `_name_late`.)"""
+        if self._tgids_read != self._reads:
+            self._tgids_read = self._reads
             self._tgids = {}
             with contextlib.suppress(OSError, ValueError), open(f"{self.root}/saved_tgids") as f:
                 self._tgids = {int(a): int(b) for a, b in (ln.split() for ln in f)}
