@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from rsthound.formats.traceraw import page_records, parse_format, sockaddr
 
@@ -75,3 +78,51 @@ def test_reset_endpoints_match_the_packets():
 
     assert _ep("::ffff:127.0.0.1", 80) == ("127.0.0.1", 80)  # a dual-stack socket's peer
     assert _ep("::1", 7211) == ("::1", 7211) and _ep("10.0.0.5", 22) == ("10.0.0.5", 22)
+
+
+# threads that each connect once and end at once
+_THREADS = """
+import os, socket, threading, time
+os.sched_setaffinity(0, {{{cpu}}})
+def knock():
+    s = socket.socket()
+    try: s.connect(('{addr}', {port}))
+    except OSError: pass
+    s.close()
+for _ in range({n}):
+    threading.Thread(target=knock).start()
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.kernel
+def test_a_connect_traced_on_two_cpus_is_one_failure_of_its_process(netns_factory,
+                                                                     tracefs_root):
+    """A connect enters SYN_SENT on its caller's CPU (1); the reset, steered to CPU 0 by
+    RPS, closes it there. Read CPU by CPU, the close would come before the connect and the
+    failure be lost. The callers are threads that end at once: named by their process, by
+    the trace of their creation (the kernel's saved_tgids is off on most hosts)."""
+    import os
+    import subprocess
+
+    from test_diagnose_scenarios import veth
+
+    from rsthound.sources.tracefs import Tracer
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 CPUs (a connect's events on two of them)")
+    a, b = netns_factory(), netns_factory()
+    _, there = veth(a, b)
+    subprocess.run(a.argv("sh", "-c", "echo 1 > /sys/class/net/rh0/queues/rx-0/rps_cpus"),
+                   check=True)
+    tracer = Tracer(tracefs_root)
+    try:
+        client = a.start(_THREADS.format(cpu=1, addr=there, port=7211, n=6))
+        assert client.wait(timeout=30) == 0, client.stderr.read()
+        time.sleep(0.3)
+        got = [x for x in tracer.failed() if (x.dst, x.dport) == (there, 7211)]
+    finally:
+        tracer.close()
+    assert len(got) == 6, got
+    assert {x.errno for x in got} == {"ECONNREFUSED"}, got
+    assert {x.process.pid for x in got} == {client.pid}, got

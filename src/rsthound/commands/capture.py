@@ -15,14 +15,13 @@ from rsthound.analyze.diagnosis import Seen
 from rsthound.analyze.rates import increase
 from rsthound.commands import Exit, options
 from rsthound.model import FailedConnect, Icmp, Reset, ResetKind
-from rsthound.observe.observation import Observation
+from rsthound.observe.observation import TRACE_LAG, Observation
 from rsthound.observe.sightings import Pairing, Sightings, both_ways
 from rsthound.report import jsonout, text
 from rsthound.textforms import clock
 
 # events wait a moment before they are told: the trace of the same connect may still be on
 # its way (it names the process)
-TRACE_DELAY = 0.3
 
 EPILOG = """\
 examples:
@@ -114,7 +113,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                      iface=args.interface, expression=expression, snaplen=args.snaplen,
                      write=args.write) as obs:
         rsts_before = obs.counter_values().get("Tcp.OutRsts")
-        delay = TRACE_DELAY if obs.tracer is not None else 0.0
+        delay = TRACE_LAG if obs.tracer is not None else 0.0
         sights = Sightings(obs, summarize=args.summary)
         pairing = Pairing()
         where = "every interface" if args.interface == "any" else args.interface

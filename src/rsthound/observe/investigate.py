@@ -19,11 +19,9 @@ from rsthound.errors import RstHoundError
 from rsthound.metrics import BY_NAME
 from rsthound.model import Finding
 from rsthound.observe.context import Context
-from rsthound.observe.observation import Observation
+from rsthound.observe.observation import TRACE_LAG, Observation
 from rsthound.observe.sightings import Sightings, ours
 from rsthound.sources.sockdiag import name_owners
-
-TRACE_LAG = 0.2  # the trace reader's events of the window's last packets are on their way
 
 
 def collect(duration: float, netns: str | None = None, db: str | None = None,

@@ -15,7 +15,7 @@ from rsthound.analyze.facts import Facts
 from rsthound.analyze.rates import increases
 from rsthound.errors import RstHoundError
 from rsthound.observe.context import Context
-from rsthound.observe.observation import Observation, Skip
+from rsthound.observe.observation import TRACE_LAG, Observation, Skip
 from rsthound.observe.sightings import Pairing, Sightings
 from rsthound.observe.tallies import Tallies
 from rsthound.sources.sockdiag import OwnerCache
@@ -92,6 +92,7 @@ class Monitor:
         self.started.set()
         start, before = time.time(), obs.counter_values()
         listening = owners.fill(obs.listening())
+        lag = TRACE_LAG if obs.tracer is not None else 0.0  # sightings wait for their names
         for batch in obs.batches(self._stop.is_set):
             sights.feed(batch)
             now = time.time()
@@ -99,7 +100,7 @@ class Monitor:
             if now - start < TICK:
                 continue
             after, now_listening = obs.counter_values(), owners.fill(obs.listening())
-            seen = sights.take()
+            seen = sights.take(time.monotonic() - lag)
             failed = pairing.pair(seen, obs.failed_connects(), now)
             self.failed_connects = pairing.ours  # as soon as they are known: alerts wait not
             facts = Facts(start, now, seen, captured=True,

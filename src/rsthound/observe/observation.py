@@ -24,6 +24,9 @@ from rsthound.sources.tracefs import Tracer
 
 TRACE = "process names and reset reasons (kernel trace)"
 TOGETHER = 0.5  # seconds: how far the capture's and the trace's clocks may disagree
+# seconds after a packet was classified by which the trace has read its connect's events
+# (the trace is read every 50 ms): a sighting named sooner may miss its process
+TRACE_LAG = 0.3
 CAPTURE = "live capture (which service, which client, why)"
 
 

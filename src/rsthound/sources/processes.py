@@ -17,11 +17,16 @@ def _read(path: str) -> str | None:
     return None
 
 
+def process_of(tid: int, proc_root: str = "/proc") -> int | None:
+    """The process (thread group) a live thread belongs to; None once it is gone."""
+    return parse_tgid(_read(f"{proc_root}/{tid}/status") or "")
+
+
 def describe(pid: int, comm: str, proc_root: str = "/proc") -> Process:
     """What /proc says of a process: its command line, user, unit or container. A thread's
     id (what the kernel trace records) is taken for its process, the thread group leader."""
     base = f"{proc_root}/{pid}"
-    tgid = parse_tgid(_read(f"{base}/status") or "")
+    tgid = process_of(pid, proc_root)
     if tgid and tgid != pid:
         pid, base = tgid, f"{proc_root}/{tgid}"
         comm = (_read(f"{base}/comm") or comm).strip()

@@ -16,6 +16,14 @@ publishes, see formats/traceraw.py):
 - A connect that fails before SYN_SENT for want of a route: `fib:fib_table_lookup` in the
   caller's context, missing in the main table (or the default one, looked in last with
   policy rules), or on an unreachable, prohibit or blackhole route.
+- `task:task_newtask` of each new thread (CLONE_THREAD), in its creator's context: a
+  thread that connected and ended before its event was read is named by the process it
+  was created in (the kernel's own table of thread to process ids, `saved_tgids`, is
+  filled only while the top level's `record-tgid` option is on).
+
+Each read takes every CPU's buffer, and handles the events in the order of their times,
+up to the moment the read began: a connect's events can be recorded on two CPUs (the
+caller's, and the one whose softirq took the reset), a thread's creation on a third.
 
 Events are probed before use; the instance goes on close, and instances of rsthound
 processes that are gone are removed at start.
@@ -23,9 +31,11 @@ processes that are gone are removed at start.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import itertools
+import math
 import os
 import re
 import socket
@@ -38,10 +48,11 @@ from collections import OrderedDict, deque
 from rsthound.errors import NeedPrivilege, NotSupported
 from rsthound.formats.traceraw import EventFormat, page_events, parse_format, sockaddr
 from rsthound.model import FailedConnect, Process
-from rsthound.sources.processes import describe
+from rsthound.sources.processes import describe, process_of
 
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
+CLONE_THREAD = 0x10000
 KEEP = 4096  # sockets and port pairs remembered
 PER_PAIR = 4  # connects remembered per port pair (of any namespace)
 MAX_FAILED = 100_000  # failed connects kept until taken (a storm loses the oldest)
@@ -94,10 +105,8 @@ class Tracer:
             OrderedDict()
         self._reasons: OrderedDict[tuple[str, int, str, int], str] = OrderedDict()
         self._procs: dict[int, tuple[float, Process]] = {}
-        self._tgids: dict[int, int] = {}  # thread -> process, as saved_tgids says
-        self._unnamed: dict[int, float] = {}  # threads gone, not in saved_tgids yet: since
-        self._late: OrderedDict[int, Process] = OrderedDict()  # thread -> process, found late
-        self._tgids_read, self._reads = -1, 0
+        self._creators: OrderedDict[int, int] = OrderedDict()  # new thread -> its creator
+        self._later: list[tuple[int, memoryview]] = []  # read, after the last read began
         self.events = 0
         self.behind = False  # the trace came faster than READ_BUDGET allows
         self.instances: list[str] = []
@@ -108,7 +117,7 @@ class Tracer:
                 _format(events, e) for e in ("sock/inet_sock_set_state",
                                              "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset",
                                              "sock/inet_sk_error_report",
-                                             "fib/fib_table_lookup"))
+                                             "fib/fib_table_lookup", "task/task_newtask"))
                 if f is not None}
             if not any(f.name == "inet_sock_set_state" for f in self._formats.values()):
                 raise NotSupported("this kernel has no sock:inet_sock_set_state trace event")
@@ -134,6 +143,8 @@ class Tracer:
                     self._enable(inst, "fib/fib_table_lookup",
                                  "proto == 6 && iif == 1 && (((tb_id == 254 || tb_id == 253) "
                                  "&& err == -11) || err == -113 || err == -13 || err == -22)")
+                if f.name == "task_newtask":  # threads, not processes
+                    self._enable(inst, "task/task_newtask", f"clone_flags & {CLONE_THREAD}")
             # event times in CLOCK_MONOTONIC, which Python reads too: a connect's start and
             # end, to the microsecond
             with contextlib.suppress(OSError):
@@ -184,32 +195,43 @@ class Tracer:
     def _read(self) -> None:
         """Read what the ring buffer holds every READ_EVERY seconds, without blocking: a
         reader blocked on it makes the kernel wake it at each event, which costs the traced
-        program far more than recording the event does."""
-        while True:
-            if self._clock:  # again each time: the wall clock is slewed (NTP) or set
-                self._clock = time.time() - time.monotonic()
-            for fd in self._pipes:
-                budget = READ_BUDGET  # per CPU and tick: the packets come first
-                while budget > 0:
-                    try:
-                        page = os.read(fd, PAGE)
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        return
-                    if not page:
-                        break
-                    budget -= len(page)
-                    for ts, rec in page_events(page):
-                        self._record(rec, ts / 1e9 + self._clock if self._clock
-                                     else time.time())
-                if budget <= 0:
-                    self.behind = True
-            if self._unnamed:
-                self._name_late()
-            self._reads += 1
-            if self._stop.wait(READ_EVERY):
-                return
+        program far more than recording the event does. Once stopped, all that is left."""
+        while self._read_all() and not self._stop.wait(READ_EVERY):
+            pass
+        self._read_all(final=True)
+
+    def _read_all(self, final: bool = False) -> bool:
+        """One read of every CPU's buffer; its events, with those held from the last read,
+        handled in the order of their times up to the moment this read began (later ones
+        may still have earlier ones on a CPU read before them: they wait for the next).
+        False once the instance is gone."""
+        if self._clock:  # again each time: the wall clock is slewed (NTP) or set
+            self._clock = time.time() - time.monotonic()
+        until = math.inf if final or not self._clock else time.monotonic_ns()
+        got = self._later
+        for fd in self._pipes:
+            budget = READ_BUDGET  # per CPU and tick: the packets come first
+            while budget > 0:
+                try:
+                    page = os.read(fd, PAGE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return False
+                if not page:
+                    break
+                budget -= len(page)
+                got.extend(page_events(page))
+            if budget <= 0:  # this CPU's later events are still in its buffer
+                self.behind = True
+                if got and not final:
+                    until = min(until, got[-1][0])
+        got.sort(key=_time)
+        n = bisect.bisect_right(got, until, key=_time)
+        for ts, rec in got[:n]:
+            self._record(rec, ts / 1e9 + self._clock if self._clock else time.time())
+        self._later = got[n:]
+        return True
 
     def _record(self, rec: memoryview, when: float) -> None:
         """One binary event record, `when` it happened (wall time): common_type (u16) at 0,
@@ -220,6 +242,10 @@ class Tracer:
         if fmt is None:
             return
         self.events += 1
+        if fmt.name == "task_newtask":  # a thread, created by the thread recording it
+            _remember(self._creators, fmt.get(rec, "pid"),
+                      int.from_bytes(rec[4:8], sys.byteorder, signed=True))
+            return
         if fmt.name == "tcp_send_reset":
             src, dst = sockaddr(fmt.raw(rec, "saddr")), sockaddr(fmt.raw(rec, "daddr"))
             if src and dst and "reason" in fmt.fields:
@@ -295,8 +321,7 @@ class Tracer:
     def failed(self) -> list[FailedConnect]:
         """The failed connects not taken yet, oldest first."""
         with self._lock:
-            out = [FailedConnect(*x[:6], x[6] and self._named(x[6]), x[7])
-                   for x in self._failed]
+            out = [FailedConnect(*x) for x in self._failed]
             self._failed.clear()
         return out
 
@@ -305,39 +330,32 @@ class Tracer:
         got = self._procs.get(pid)
         if got is not None and now - got[0] < 5:
             return got[1]
-        lookup = pid
-        if not os.path.exists(f"{self.proc_root}/{pid}"):  # a thread that is gone
-            lookup = self._tgid(pid) or pid
-            if comm.startswith("<"):  # and a process too, maybe: the kernel's own record
-                comm = self._comm(pid) or comm
-            if lookup == pid:
-                self._unnamed.setdefault(pid, now)
-        # (a live thread's id leads /proc to its process)
-        proc = describe(lookup, comm, self.proc_root)
+        proc = describe(pid, comm, self.proc_root)  # a live thread's id leads to its process
+        if proc.netns is None and not os.path.exists(f"{self.proc_root}/{pid}"):
+            # gone, maybe while it was read: named by the process it was a thread of, and by
+            # the name the trace remembers
+            leader = self._leader(pid)
+            if comm.startswith("<"):
+                comm = self._comm(leader) or self._comm(pid) or comm
+            proc = describe(leader, comm, self.proc_root)
         if len(self._procs) > KEEP:
             self._procs.clear()
         self._procs[pid] = (now, proc)
         return proc
 
-    def _name_late(self) -> None:
-        """Threads gone before saved_tgids had them, named by their process now: the kernel
-        saves a thread's process when the thread last leaves the CPU, just after /proc forgot
-        it. Those it never saves (processes that are gone too) are let go after a second."""
-        now = time.monotonic()
-        self._tgids_read = -1  # read saved_tgids again
-        for tid, since in list(self._unnamed.items()):
-            tgid = self._tgid(tid)
-            if tgid is not None and tgid != tid:
-                proc = describe(tgid, self._comm(tid) or "<...>", self.proc_root)
-                self._procs[tid] = (now, proc)
-                with self._lock:
-                    _remember(self._late, tid, proc)
-            if tgid is not None or now - since > 1.0:
-                del self._unnamed[tid]
-
-    def _named(self, proc: Process) -> Process:
-        """`proc`, or the process a thread of that id turned out to belong to."""
-        return self._late.get(proc.pid, proc) if proc.netns is None else proc
+    def _leader(self, tid: int) -> int:
+        """The process a thread that is gone belonged to: the one its creator belongs to,
+        or its creator's creator's (creators go too); itself where the trace did not see
+        it created (a thread older than the trace, or a process)."""
+        for _ in range(64):  # (a thread's creators, not a loop of reused ids)
+            creator = self._creators.get(tid)
+            if creator is None:
+                return tid
+            tgid = process_of(creator, self.proc_root)
+            if tgid:
+                return tgid
+            tid = creator
+        return tid
 
     def _comm(self, pid: int) -> str | None:
         """The name the kernel's trace remembers for a pid (saved_cmdlines): a process that
@@ -349,25 +367,12 @@ class Tracer:
                     return name
         return None
 
-    def _tgid(self, tid: int) -> int | None:
-        """The process a thread belonged to, from the kernel's saved_tgids, read again for
-        each read of the trace that needs it: thread ids are reused, so an older copy may
-        name the process of an earlier thread with the same id. (A thread it lacks yet is
-        named a read later: `_name_late`.)"""
-        if self._tgids_read != self._reads:
-            self._tgids_read = self._reads
-            self._tgids = {}
-            with contextlib.suppress(OSError, ValueError), open(f"{self.root}/saved_tgids") as f:
-                self._tgids = {int(a): int(b) for a, b in (ln.split() for ln in f)}
-        return self._tgids.get(tid)
-
     # -- answering -------------------------------------------------------------------------
     def connects(self, local_port: int, remote_port: int) -> list[tuple[float, float, Process]]:
         """The last connects seen from `local_port` to `remote_port`, newest last: when each
         entered SYN_SENT, when it was last seen, and its process."""
         with self._lock:
-            return [(a, b, self._named(p)) for a, b, p in self._ports.get((local_port,
-                                                                          remote_port), ())]
+            return list(self._ports.get((local_port, remote_port), ()))
 
     def reason(self, src: str, sport: int, dst: str, dport: int) -> str | None:
         """The kernel's reason for a reset it sent from src:sport to dst:dport."""
@@ -413,6 +418,10 @@ def _format(events: str, event: str) -> EventFormat | None:
             return parse_format(f.read())
     except FileNotFoundError:
         return None
+
+
+def _time(event: tuple[int, memoryview]) -> int:
+    return event[0]
 
 
 def _remember(d: OrderedDict, key: object, value: object) -> None:
