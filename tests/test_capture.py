@@ -161,10 +161,20 @@ def test_sigterm_and_stale_instances_are_cleaned_up(netns, tracefs_root):
     root = tracefs_root
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = Path(root, "instances", f"rsthound-{dead.pid}")  # a pid that is gone
-    stale.mkdir()
-    cap = capture(netns)
-    assert not stale.exists()  # removed at start
+    here = os.stat("/proc/self/ns/pid").st_ino
+    stale = Path(root, "instances", f"rsthound-{dead.pid}-1-p{here}")  # a pid that is gone
+    older = Path(root, "instances", f"rsthound-{dead.pid}")  # as earlier versions named them
+    # the same pid in another pid namespace (a container's watch) may well be alive
+    theirs = Path(root, "instances", f"rsthound-{dead.pid}-1-p{here + 1}")
+    for p in (stale, older, theirs):
+        p.mkdir()
+    try:
+        cap = capture(netns)
+        assert not stale.exists() and not older.exists()  # removed at start
+        assert theirs.exists()
+    finally:
+        if theirs.exists():
+            theirs.rmdir()
     assert glob.glob(f"{root}/instances/rsthound-{cap.pid}-*")
     cap.terminate()
     _, err = cap.communicate(timeout=10)

@@ -63,6 +63,7 @@ READ_EVERY = 0.05  # seconds between reads of the trace
 READ_BUDGET = 16 << 10
 PAGE = 4096
 _serial = itertools.count(1)
+_PIDNS = str(os.stat("/proc/self/ns/pid").st_ino) if os.path.exists("/proc/self/ns/pid") else "0"
 
 
 def find_tracefs() -> str:
@@ -166,15 +167,18 @@ class Tracer:
 
     # -- setting up ------------------------------------------------------------------------
     def _remove_stale(self) -> None:
+        """Remove the instances of rsthound processes that are gone: of this pid namespace
+        only. Another one's pids mean nothing here (a watch in a container, one on its
+        host): its instances are left to it."""
         base = f"{self.root}/instances"
         for name in os.listdir(base):
-            m = re.fullmatch(r"rsthound-(\d+)(-\w+)?", name)
-            if m and not os.path.exists(f"/proc/{m[1]}"):
+            m = re.fullmatch(r"rsthound-(\d+)(?:-\d+)?(?:-p(\d+))?", name)
+            if m and m[2] in (None, _PIDNS) and not os.path.exists(f"/proc/{m[1]}"):
                 _remove_instance(f"{base}/{name}")
 
     def _instance(self) -> str:
         # one per Tracer: watch's always-on capture and its investigations trace at once
-        path = f"{self.root}/instances/rsthound-{os.getpid()}-{next(_serial)}"
+        path = f"{self.root}/instances/rsthound-{os.getpid()}-{next(_serial)}-p{_PIDNS}"
         try:
             os.mkdir(path)
         except FileExistsError:
