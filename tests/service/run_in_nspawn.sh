@@ -80,7 +80,12 @@ sleep 0.5
 # of its own): the host's number, then
 echo "knock pid $(pgrep -n -f "^/usr/bin/python3 /usr/local/bin/knock")"
 wait $KNOCK
-sleep 4  # the investigation (3 s) and its findings
+# the investigation (3 s) and its findings: a few seconds, more on a loaded machine
+for _ in $(seq 150); do
+    inside journalctl -u rsthound-watch --no-pager -o cat | grep -q FINDINGS && break
+    sleep 0.2
+done
+sleep 1  # (the history has it just after)
 echo "--- journal"
 inside journalctl -u rsthound-watch --no-pager -o cat
 echo "--- user"

@@ -19,10 +19,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import repeat
 
 import numpy as np
 
@@ -172,8 +171,7 @@ class Plan:
     def keys(self) -> list[bytes]:
         """The connection key of each flow number (made where the plan is used: one
         bytes object travels between processes faster than a list of them)."""
-        p = self.packed
-        return [p[i:i + KEY_LEN] for i in range(0, len(p), KEY_LEN)]
+        return np.frombuffer(self.packed, dtype=f"V{KEY_LEN}").tolist()
 
 
 def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
@@ -383,9 +381,10 @@ class _Rows:
     def __post_init__(self) -> None:
         self.live = np.ones(len(self.keys), dtype=bool)
 
-    def places(self) -> Iterator[tuple[bytes, tuple[_Rows, int]]]:
-        """Each connection's key, with where it is: (these rows, its index)."""
-        return zip(self.keys, zip(repeat(self), itertools.count()), strict=False)
+    @cached_property
+    def index(self) -> dict[bytes, int]:
+        """Each connection's index by its key (made when one is first looked for)."""
+        return dict(zip(self.keys, itertools.count()))
 
 
 class FlowTable:
@@ -428,11 +427,11 @@ class FlowTable:
         self._addrs: dict[bytes, str] = {}
         self.on_quick = on_quick
         # plain connections kept from `packet`: closed ones held as the table would hold
-        # them (until a sweep finds them closed for close_delay), open ones carried to the
-        # next batch: key -> (their _Rows, index)
-        self._held: dict[bytes, tuple[_Rows, int]] = {}
+        # them (until a sweep finds them closed for close_delay), key -> their _Rows; open
+        # ones carried to the next batch, key -> their index in `_carried`
+        self._held: dict[bytes, _Rows] = {}
         self._blocks: list[_Rows] = []
-        self._open: dict[bytes, tuple[_Rows, int]] = {}
+        self._open: dict[bytes, int] = {}
         self._carried: _Rows | None = None
 
     def _addr(self, raw: bytes) -> str:
@@ -606,7 +605,7 @@ class FlowTable:
         carried = self._carried
         old = None  # the carried rows of connections this batch goes on with
         if carried is not None:
-            go_on = [opened.pop(keys[f])[1] for f in np.flatnonzero(where == 2).tolist()]
+            go_on = [opened.pop(keys[f]) for f in np.flatnonzero(where == 2).tolist()]
             if go_on:
                 at = np.flatnonzero(where == 2)
                 ids = np.asarray(go_on)
@@ -647,7 +646,7 @@ class FlowTable:
             block = self._keep(keys, rows, flow_of[done], head[done], last[done])
             block.quick = _quick_of(block.keys, rows, sh, done)
             self._blocks.append(block)
-            self._held.update(block.places())
+            self._held.update(dict.fromkeys(block.keys, block))
         opening = np.flatnonzero(shape == OPEN)
         fresh = self._keep(keys, rows, flow_of[opening], head[opening], last[opening])
         self._carried = self._merge_open(fresh)
@@ -680,7 +679,7 @@ class FlowTable:
         first = np.r_[0, np.cumsum(sizes)[:-1]]
         merged = _Rows(keys, {k: np.concatenate([p.rows[k] for p in parts])
                               for k in parts[0].rows}, first, first + sizes - 1)
-        self._open = dict(merged.places())
+        self._open = dict(zip(keys, itertools.count()))
         return merged
 
     def _packet_row(self, key: bytes, rows: dict[str, np.ndarray], r: int) -> None:
@@ -691,13 +690,13 @@ class FlowTable:
 
     def _replay_held(self, key: bytes) -> None:
         """A held connection through `packet`."""
-        block, i = self._held.pop(key)
-        self._replay(key, block, i)
+        block = self._held.pop(key)
+        self._replay(key, block, block.index[key])
 
     def _replay_open(self, key: bytes) -> None:
         """A carried connection through `packet`."""
-        block, i = self._open.pop(key)
-        self._replay(key, block, i)
+        assert self._carried is not None
+        self._replay(key, self._carried, self._open.pop(key))
 
     def _replay(self, key: bytes, block: _Rows, i: int) -> None:
         """A connection set aside (held or carried), connection `i` of `block`, through
@@ -732,7 +731,7 @@ class FlowTable:
         carried = self._carried
         if carried is None:
             return
-        for key, (_block, i) in list(self._open.items()):
+        for key, i in list(self._open.items()):
             if now is None or now - float(carried.rows["ts"][carried.last[i]]) > \
                     self.idle_timeout:
                 self._replay_open(key)

@@ -63,6 +63,17 @@ READ_EVERY = 0.05  # seconds between reads of the trace
 READ_BUDGET = 16 << 10
 PAGE = 4096
 _serial = itertools.count(1)
+OPTIONAL = {  # the events besides inet_sock_set_state, with their filters
+    "tcp/tcp_retransmit_skb": f"state == {TCP_SYN_SENT}",
+    "tcp/tcp_send_reset": None,
+    "sock/inet_sk_error_report": "protocol == 6 && error != 0",
+    # this host's own lookups (iif lo) for TCP that found no route: a miss in main (254;
+    # the only table looked in without policy rules) or in default (253, looked in last),
+    # or an unreachable (-113), prohibit (-13) or blackhole (-22) route
+    "fib/fib_table_lookup": "proto == 6 && iif == 1 && (((tb_id == 254 || tb_id == 253) && "
+                            "err == -11) || err == -113 || err == -13 || err == -22)",
+    "task/task_newtask": f"clone_flags & {CLONE_THREAD}",  # threads, not processes
+}
 _PIDNS = str(os.stat("/proc/self/ns/pid").st_ino) if os.path.exists("/proc/self/ns/pid") else "0"
 
 
@@ -115,10 +126,7 @@ class Tracer:
         self._pipes: list[int] = []
         try:
             self._formats = {f.id: f for f in (
-                _format(events, e) for e in ("sock/inet_sock_set_state",
-                                             "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset",
-                                             "sock/inet_sk_error_report",
-                                             "fib/fib_table_lookup", "task/task_newtask"))
+                _format(events, e) for e in ("sock/inet_sock_set_state", *OPTIONAL))
                 if f is not None}
             if not any(f.name == "inet_sock_set_state" for f in self._formats.values()):
                 raise NotSupported("this kernel has no sock:inet_sock_set_state trace event")
@@ -129,23 +137,15 @@ class Tracer:
                          f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == "
                          f"{TCP_SYN_SENT}) || (oldstate == {TCP_SYN_SENT} && (newstate == "
                          f"{TCP_CLOSE} || newstate == {TCP_ESTABLISHED})))")
-            for f in self._formats.values():
-                if f.name == "tcp_retransmit_skb":
-                    self._enable(inst, "tcp/tcp_retransmit_skb", f"state == {TCP_SYN_SENT}")
-                if f.name == "tcp_send_reset":
-                    self._enable(inst, "tcp/tcp_send_reset", None)
-                if f.name == "inet_sk_error_report":
-                    self._enable(inst, "sock/inet_sk_error_report", "protocol == 6 && error != 0")
-                if f.name == "fib_table_lookup":
-                    # this host's own lookups (iif lo) for TCP that found no route: a miss
-                    # in main (254; the only table looked in without policy rules) or in
-                    # default (253, looked in last), or an unreachable (-113), prohibit
-                    # (-13) or blackhole (-22) route
-                    self._enable(inst, "fib/fib_table_lookup",
-                                 "proto == 6 && iif == 1 && (((tb_id == 254 || tb_id == 253) "
-                                 "&& err == -11) || err == -113 || err == -13 || err == -22)")
-                if f.name == "task_newtask":  # threads, not processes
-                    self._enable(inst, "task/task_newtask", f"clone_flags & {CLONE_THREAD}")
+            have = {f.name for f in self._formats.values()}
+            for event, filt in OPTIONAL.items():
+                if event.split("/")[1] in have:
+                    try:
+                        self._enable(inst, event, filt)
+                    except PermissionError:
+                        raise
+                    except OSError:  # a filter this kernel cannot parse: without the event
+                        pass
             # event times in CLOCK_MONOTONIC, which Python reads too: a connect's start and
             # end, to the microsecond
             with contextlib.suppress(OSError):
