@@ -33,6 +33,7 @@ from rsthound.formats.inet import ACK, FIN, RST, SYN, addr_bytes, format_addr
 from rsthound.model import Conn, Icmp, Reset, ResetKind
 
 CTL = SYN | FIN | RST
+TIMEOUT_AFTER = 3.0  # seconds: a live capture's unanswered SYN this old is a timeout
 
 
 _WHY = {
@@ -397,7 +398,7 @@ class FlowTable:
         idle_timeout: float = 300.0,
         close_delay: float = 5.0,
         max_conns: int = 200_000,
-        timeout_after: float = 3.0,
+        timeout_after: float = TIMEOUT_AFTER,
         counts: bool = True,
         unanswered_only: bool = False,
         on_icmp: Callable[[Icmp], None] = lambda _i: None,

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict, deque
 
 from rsthound.analyze.diagnosis import Seen
+from rsthound.analyze.flows import TIMEOUT_AFTER
 from rsthound.analyze.session import Analysis
 from rsthound.formats.records import RecordBatch
 from rsthound.model import Conn, FailedConnect, Icmp, Reset, ResetKind
@@ -69,7 +70,7 @@ class Sightings:
         return Seen(ev.ts, ev.kind, server, client, ev.src, render_reset(ev), proc, reason, ev)
 
 
-HOLD = 2.0  # seconds a traced failed connect waits for its packets
+HOLD = 2.0  # seconds a traced failed connect waits for its packets, once they can come
 KEEP = 4096  # sightings' connections remembered, so that no connect counts twice
 
 
@@ -78,7 +79,7 @@ class Pairing:
     they come (watch's ticks, capture's lines): the trace and the capture do not tell a
     connect at the same moment. A connect whose packets come in the same take goes with
     them; one whose packets were taken before is not counted twice; one with no packet yet
-    waits up to HOLD seconds for them, then goes alone.
+    waits up to HOLD seconds for them (`_due`), then goes alone.
 
     `ours` counts the failed connects of this namespace, each once, as soon as that is
     known: at once for one whose process is known to be here; for one whose process was gone
@@ -106,7 +107,7 @@ class Pairing:
             if k in times and met(x, times[k]):
                 out.append(x)
                 self.ours += not known_here(x)
-            elif final or now - x.end >= HOLD:
+            elif final or now - _due(x) >= HOLD:
                 if known_here(x):  # alone, only where it is known to be this namespace's
                     out.append(x)
             elif k in self._taken and met(x, [self._taken[k]]):
@@ -116,6 +117,15 @@ class Pairing:
                 held.append(x)
         self._held = held
         return out
+
+
+def _due(x: FailedConnect) -> float:
+    """When a failed connect's packets have all been classified: at its end; but unanswered
+    SYNs are a timeout to the capture only TIMEOUT_AFTER seconds after the first, and a
+    client that gave up on them sooner (no error) waits for that."""
+    if x.errno is None and x.sport:
+        return max(x.end, x.start + TIMEOUT_AFTER)
+    return x.end
 
 
 def both_ways(seen: list[Seen]) -> set[tuple[tuple[str, int], tuple[str, int]]]:
