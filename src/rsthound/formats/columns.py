@@ -227,13 +227,17 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     # where they reach that far, else one gather from the input.
     if hb is None:
         head = rows_at(buf, p, HEAD)
-    else:  # one gather from the reader's rows (in the caches): row i, 16 + l3 bytes in
+    else:  # from the reader's rows (in the caches): row i, 16 + l3 bytes in
         width = hb.shape[1]
         near = (l3 >= 0) & (16 + l3 + HEAD <= width)
-        head = rows_at(hb.reshape(-1), np.arange(n) * width + 16 + np.maximum(l3, 0), HEAD)
-        far = np.flatnonzero(~near)
-        if len(far):
-            head[far] = rows_at(buf, p[far], HEAD)
+        if n and near.all() and (l3 == l3[0]).all():  # one link header length: as they are
+            head = hb[:, 16 + int(l3[0]):16 + int(l3[0]) + HEAD]
+        else:  # one gather
+            head = rows_at(hb.reshape(-1), np.arange(n) * width + 16 + np.maximum(l3, 0),
+                           HEAD)
+            far = np.flatnonzero(~near)
+            if len(far):
+                head[far] = rows_at(buf, p[far], HEAD)
     h4 = head.view(_IP4)[:, 0]
     h6 = head.view(_IP6)[:, 0]
 
