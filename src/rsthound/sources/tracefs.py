@@ -26,7 +26,7 @@ up to the moment the read began: a connect's events can be recorded on two CPUs 
 caller's, and the one whose softirq took the reset), a thread's creation on a third.
 
 Events are probed before use; the instance goes on close, and instances of rsthound
-processes that are gone are removed at start.
+processes of this pid namespace that are gone are removed at start.
 """
 
 from __future__ import annotations
