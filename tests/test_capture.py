@@ -157,24 +157,43 @@ def test_summary_at_the_end(netns):
     assert "127.0.0.1:7211" in out
 
 
+def _pid_namespace(*argv: str) -> tuple[subprocess.Popen, int]:
+    """`argv` run as PID 1 of a new pid namespace (a container's, as the host sees it), and
+    that namespace's inode."""
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "sh", "-c",
+                          'stat -Lc %i /proc/self/ns/pid && exec "$@"', "sh", *argv],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    return p, int(p.stdout.readline())
+
+
 def test_sigterm_and_stale_instances_are_cleaned_up(netns, tracefs_root):
+    """At start, the instances of gone rsthound processes are removed: of this pid
+    namespace, by their pid; of another (a container's watch), once nothing is left in
+    that namespace. A live container's are left alone, whatever its pids."""
     root = tracefs_root
     dead = subprocess.Popen(["true"])
     dead.wait()
     here = os.stat("/proc/self/ns/pid").st_ino
+    live, there = _pid_namespace("sleep", "60")
+    ended, gone = _pid_namespace("true")
+    ended.wait()
     stale = Path(root, "instances", f"rsthound-{dead.pid}-1-p{here}")  # a pid that is gone
     older = Path(root, "instances", f"rsthound-{dead.pid}")  # as earlier versions named them
-    # the same pid in another pid namespace (a container's watch) may well be alive
-    theirs = Path(root, "instances", f"rsthound-{dead.pid}-1-p{here + 1}")
-    for p in (stale, older, theirs):
+    theirs = Path(root, "instances", f"rsthound-{dead.pid}-1-p{there}")
+    left = Path(root, "instances", f"rsthound-{dead.pid}-1-p{gone}")
+    for p in (stale, older, theirs, left):
         p.mkdir()
     try:
         cap = capture(netns)
-        assert not stale.exists() and not older.exists()  # removed at start
+        assert not stale.exists() and not older.exists() and not left.exists()
         assert theirs.exists()
     finally:
-        if theirs.exists():
-            theirs.rmdir()
+        live.kill()
+        live.wait()
+        for p in (theirs, left):
+            if p.exists():
+                p.rmdir()
     assert glob.glob(f"{root}/instances/rsthound-{cap.pid}-*")
     cap.terminate()
     _, err = cap.communicate(timeout=10)

@@ -26,7 +26,7 @@ up to the moment the read began: a connect's events can be recorded on two CPUs 
 caller's, and the one whose softirq took the reset), a thread's creation on a third.
 
 Events are probed before use; the instance goes on close, and instances of rsthound
-processes of this pid namespace that are gone are removed at start.
+processes that are gone are removed at start (see `_remove_stale`).
 """
 
 from __future__ import annotations
@@ -167,13 +167,21 @@ class Tracer:
 
     # -- setting up ------------------------------------------------------------------------
     def _remove_stale(self) -> None:
-        """Remove the instances of rsthound processes that are gone: of this pid namespace
-        only. Another one's pids mean nothing here (a watch in a container, one on its
-        host): its instances are left to it."""
+        """Remove the instances of rsthound processes that are gone. Another pid namespace's
+        pids mean nothing here (a watch in a container, or on its host): its instances go
+        only once no process is left in that namespace, which only the host can tell."""
         base = f"{self.root}/instances"
+        alive: set[str] | None = None  # the pid namespaces with a process in them
         for name in os.listdir(base):
             m = re.fullmatch(r"rsthound-(\d+)(?:-\d+)?(?:-p(\d+))?", name)
-            if m and m[2] in (None, _PIDNS) and not os.path.exists(f"/proc/{m[1]}"):
+            if not m:
+                continue
+            if m[2] in (None, _PIDNS):
+                gone = not os.path.exists(f"/proc/{m[1]}")
+            else:
+                alive = _pid_namespaces() if alive is None else alive
+                gone = bool(alive) and m[2] not in alive
+            if gone:
                 _remove_instance(f"{base}/{name}")
 
     def _instance(self) -> str:
@@ -422,6 +430,23 @@ def _format(events: str, event: str) -> EventFormat | None:
             return parse_format(f.read())
     except FileNotFoundError:
         return None
+
+
+def _pid_namespaces() -> set[str]:
+    """The pid namespaces (inodes) that have a process, as the host sees them; empty inside
+    a container, which sees only its own (only the host's has the kernel's threads)."""
+    try:
+        with open("/proc/2/comm") as f:
+            if f.read().strip() != "kthreadd":
+                return set()
+    except OSError:
+        return set()
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                out.add(str(os.stat(f"/proc/{pid}/ns/pid").st_ino))
+    return out
 
 
 def _time(event: tuple[int, memoryview]) -> int:
