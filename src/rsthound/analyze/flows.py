@@ -644,7 +644,10 @@ class FlowTable:
                 self._packet_row(keys[int(flow_of[g])], rows, r)
         done = np.flatnonzero(shape == DONE)
         if len(done):
-            block = self._keep(keys, rows, flow_of[done], head[done], last[done])
+            # (their rows where they are: a held block lives a sweep or two, and few come
+            # back, so copying them out would cost more than the batch's rows kept alive)
+            block = _Rows([keys[f] for f in flow_of[done].tolist()], rows, head[done],
+                          last[done])
             block.quick = _quick_of(block.keys, rows, sh, done)
             self._blocks.append(block)
             self._held.update(dict.fromkeys(block.keys, block))
