@@ -20,9 +20,6 @@ from rsthound.observe.sightings import Pairing, Sightings, both_ways
 from rsthound.report import jsonout, text
 from rsthound.textforms import clock
 
-# events wait a moment before they are told: the trace of the same connect may still be on
-# its way (it names the process)
-
 EPILOG = """\
 examples:
   rsthound capture                        every interface, loopback included
@@ -113,7 +110,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                      iface=args.interface, expression=expression, snaplen=args.snaplen,
                      write=args.write) as obs:
         rsts_before = obs.counter_values().get("Tcp.OutRsts")
-        delay = TRACE_LAG if obs.tracer is not None else 0.0
+        delay = TRACE_LAG if obs.tracer is not None else 0.0  # lines wait for their names
         sights = Sightings(obs, summarize=args.summary)
         pairing = Pairing()
         where = "every interface" if args.interface == "any" else args.interface
