@@ -358,3 +358,18 @@ def test_icmp_rejects_and_client_timeouts_alert_and_count(netns_factory, tmp_pat
     st = status(port)
     assert any(x["rule"] == "failed-connections" and x["event"] == "alert"
                for x in st["recent"]), st["recent"]
+
+
+def test_the_dashboard_answers_while_the_history_is_being_made(tmp_path):
+    """A history file whose tables watch has not all made yet (it has just begun): the
+    status has no listener history, and no error."""
+    import sqlite3
+
+    from rsthound.sinks.web import WatchState
+
+    db = tmp_path / "h.db"
+    with sqlite3.connect(db) as c:  # the first of the schema's tables only
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    state = WatchState("box", "host", (), 1.0, str(db))
+    assert state.listener_history() == []
+    assert state.status()["listener_history"] == []

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import socket
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -120,7 +121,7 @@ class WatchState:
         try:
             with History(self.history) as h:
                 return h.recent_listeners(limit)
-        except (RstHoundError, OSError):
+        except (RstHoundError, OSError, sqlite3.Error):  # (being made: watch has just begun)
             return []
 
 
@@ -243,8 +244,11 @@ class WebServer:
                         break
                     await reader.readexactly(length)
                 keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-                code, body, ctype, extra = self.route(method, target,
-                                                      headers.get("authorization"))
+                try:
+                    code, body, ctype, extra = self.route(method, target,
+                                                          headers.get("authorization"))
+                except Exception as e:  # a bug or a race: one request fails, not the server
+                    code, body, ctype, extra = 500, f"error: {e}\n".encode(), "text/plain", {}
                 if method == "HEAD":
                     extra = extra | {"Content-Length": str(len(body))}
                     body = b""
@@ -305,7 +309,7 @@ class WebServer:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed"}
+            405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 def _response(code: int, body: bytes, ctype: str, extra: dict[str, str], keep: bool) -> bytes:
