@@ -116,6 +116,22 @@ def test_filter_expression_and_write_read_back(netns, tmp_path):
     assert kinds == ["refused"] * 4, a.stderr
 
 
+def test_a_client_that_gave_up_before_its_syn_was_sent_again_timed_out(netns):
+    """A non-blocking connect closed after 50 ms: one SYN, unanswered, and nothing after.
+    The capture calls it a timeout (with that one packet) once it is TIMEOUT_AFTER old, as
+    it does SYNs sent again; not a failed connect it saw nothing of."""
+    netns.drop_syns(7401, syn_retries=2)
+    cap = capture(netns, "--json", "-c", "1", "--duration", "12")
+    pid = client(netns, "127.0.0.1", 7401, 1, "nonblock")
+    out, err = cap.communicate(timeout=30)
+    got = [json.loads(ln) for ln in out.splitlines()]
+    assert len(got) == 1 and got[0]["kind"] == "timeout" and got[0]["dport"] == 7401, out
+    assert got[0]["syns"] == 1
+    if "without process names" in err:
+        pytest.skip(f"tracefs: {err.splitlines()[0]}")
+    assert got[0]["process"]["pid"] == pid
+
+
 def test_unanswered_syns_are_timeouts_with_their_process(netns):
     netns.drop_syns(7400, syn_retries=2)
     cap = capture(netns, "--json", "-c", "1", "--duration", "20")

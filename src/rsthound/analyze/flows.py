@@ -846,11 +846,12 @@ class FlowTable:
 
     def expire_unanswered(self, now: float) -> None:
         """Live capture: finish connections whose SYN went unanswered for `timeout_after`
-        seconds, so that a timeout is told while the client still retries."""
+        seconds, so that a timeout is told while the client still retries, or once it gave
+        up (one that gave up before its first SYN was sent again sent only one)."""
         if now > self.now:
             self.now = now
         stale = [f for f in self.flows.values()
-                 if f.resp.pkts == 0 and f.orig.syns > 1 and now - f.start >= self.timeout_after]
+                 if f.resp.pkts == 0 and f.orig.syns and now - f.start >= self.timeout_after]
         for f in stale:
             self._finish(f)
 
