@@ -14,10 +14,9 @@ from typing import Any
 from rsthound.analyze.facts import Facts
 from rsthound.analyze.rates import increases
 from rsthound.errors import RstHoundError
-from rsthound.model import FailedConnect
 from rsthound.observe.context import Context
 from rsthound.observe.observation import TRACE_LAG, Observation, Skip
-from rsthound.observe.sightings import Pairing, Sightings, known_here
+from rsthound.observe.sightings import Pairing, Sightings
 from rsthound.observe.tallies import Tallies
 from rsthound.sources.sockdiag import OwnerCache
 
@@ -94,22 +93,19 @@ class Monitor:
         start, before = time.time(), obs.counter_values()
         listening = owners.fill(obs.listening())
         lag = TRACE_LAG if obs.tracer is not None else 0.0  # sightings wait for their names
-        traced: list[FailedConnect] = []  # failed connects of this tick so far
         for batch in obs.batches(self._stop.is_set):
             sights.feed(batch)
             now = time.time()
             sights.expire(now)
-            fresh = obs.failed_connects()
-            if fresh:  # counted as soon as they are known to be here (a batch is 0.1 s):
-                traced += fresh  # alerts do not wait for the tick
-                self.failed_connects = pairing.ours + sum(map(known_here, traced))
+            # counted as soon as they are known to be here (a batch is 0.1 s): alerts do
+            # not wait for the tick
+            pairing.add(obs.failed_connects())
+            self.failed_connects = pairing.ours
             if now - start < TICK:
                 continue
             after, now_listening = obs.counter_values(), owners.fill(obs.listening())
             seen = sights.take(time.monotonic() - lag)
-            failed = pairing.pair(seen, traced, now)
-            traced = []
-            self.failed_connects = pairing.ours
+            failed = pairing.pair(seen, [], now)
             facts = Facts(start, now, seen, captured=True,
                           listeners_before=listening, listeners=now_listening,
                           counters=increases(before, after), traced=obs.traced,

@@ -91,18 +91,25 @@ class Pairing:
         self._taken: OrderedDict[tuple, float] = OrderedDict()  # pair -> its last sighting
         self.ours = 0
 
+    def add(self, failed: list[FailedConnect]) -> None:
+        """Failed connects as the trace tells them: counted in `ours` at once where they
+        are known to be here, judged at the next `pair`."""
+        self.ours += sum(map(known_here, failed))
+        self._held += failed
+
     def pair(self, seen: list[Seen], failed: list[FailedConnect], now: float,
              final: bool = False) -> list[FailedConnect]:
-        """The failed connects to judge with `seen` now (`final`: hold none back)."""
+        """The failed connects to judge with `seen` now, those `add`ed before and `failed`
+        (`final`: hold none back)."""
+        self.add(failed)
         times = sighted(seen)
         for k, ts in times.items():
             self._taken[k] = max(ts)
             self._taken.move_to_end(k)
         while len(self._taken) > KEEP:
             self._taken.popitem(last=False)
-        self.ours += sum(map(known_here, failed))
         out, held = [], []
-        for x in self._held + failed:
+        for x in self._held:
             k = x.pair
             if k in times and met(x, times[k]):
                 out.append(x)
