@@ -27,7 +27,7 @@ import numpy as np
 
 from rsthound.analyze import zeek
 from rsthound.analyze.zeek import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, SYN_SENT
-from rsthound.formats.columns import KEY_DTYPE, KEY_LEN, TcpColumns
+from rsthound.formats.columns import KEY_DTYPE, KEY_LEN, TcpColumns, by_flow
 from rsthound.formats.icmp import IcmpError
 from rsthound.formats.inet import ACK, FIN, RST, SYN, addr_bytes, format_addr
 from rsthound.model import Conn, Icmp, Reset, ResetKind
@@ -180,11 +180,14 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
     n = len(cols)
     flow = cols.flow
     ctl = (cols.flags & CTL) != 0
-    order = cols.by_flow if cols.by_flow is not None else np.argsort(flow, kind="stable")
-    fs = flow[order]
-    starts = np.r_[True, fs[1:] != fs[:-1]] if n else np.zeros(0, dtype=bool)
+    flow_first = cols.flow_first
+    if flow_first is None:
+        _, flow_first = np.unique(flow, return_index=True)
     epoch = np.zeros(n, dtype=np.int64)
     if counts:
+        order = by_flow(flow)
+        fs = flow[order]
+        starts = np.r_[True, fs[1:] != fs[:-1]] if n else np.zeros(0, dtype=bool)
         # epoch: how many control packets of the same flow came before, in this batch
         cs = np.cumsum(ctl[order])
         before = cs - ctl[order]
@@ -194,7 +197,9 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
         # the first pure ACK and first data each way write history letters
         _, first = np.unique(group * 2 + (cols.payload > 0), return_index=True)
     else:  # only an endpoint's first packet can move it out of INACTIVE
-        first = order[_firsts(fs, cols.a_is_src[order], starts)]
+        side_first = np.full(2 * len(flow_first), n, dtype=np.int64)
+        np.minimum.at(side_first, flow * 2 + cols.a_is_src, np.arange(n))
+        first = side_first[side_first < n]
     keep = ctl.copy()
     keep[first] = True
     bulk = None
@@ -212,28 +217,11 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
             "ts": cols.ts[lastrow],
         }
     rows = np.flatnonzero(keep)
-    flow_first = order[starts]  # a flow's first row, by flow number
     cols_kept = {
         "flow": flow[rows], "epoch": epoch[rows], "ctl": ctl[rows],
         **cols.fields(_ROWS[3:], rows),
     }
     return Plan(cols_kept, cols.packed_keys(flow_first), bulk)
-
-
-def _firsts(fs: np.ndarray, side: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Where each flow's first packet from each side is, in rows sorted by flow (`fs`,
-    stable) whose sender is `side` (endpoint A or not), `starts` marking each flow's first."""
-    n = len(fs)
-    if not n:
-        return np.zeros(0, dtype=np.int64)
-    base = np.flatnonzero(starts)
-    head = np.repeat(base, np.diff(np.r_[base, n]))  # each row's flow's first row
-    firsts = []
-    for s in (side, ~side):
-        seen = np.cumsum(s)  # this side's packets so far, over all flows
-        before = seen[head] - s[head]  # ... before this row's flow
-        firsts.append(np.flatnonzero(s & (seen - before == 1)))
-    return np.sort(np.concatenate(firsts))
 
 
 OTHER, DONE, OPEN = range(3)  # what `_shapes` makes of a connection's rows

@@ -86,7 +86,7 @@ class TcpColumns:
     ipid: np.ndarray  # -1 for IPv6
     iface: np.ndarray  # interface index in the file, -1 when the file does not say
     ifindex: np.ndarray  # Linux ifindex from SLL2, -1 otherwise
-    by_flow: np.ndarray | None = None  # rows sorted by flow number (stable)
+    flow_first: np.ndarray | None = None  # the first row of each flow, by flow number
     # decoded lean: the LATE fields are None, and made for the rows asked for by this
     late: Callable[[np.ndarray | None], dict[str, np.ndarray]] | None = None
 
@@ -120,11 +120,11 @@ class TcpColumns:
     def take(self, rows: np.ndarray) -> TcpColumns:
         """The given rows only (flow numbers renumbered)."""
         self.complete()
-        _, flow = np.unique(self.flow[rows], return_inverse=True)
+        _, first, flow = np.unique(self.flow[rows], return_index=True, return_inverse=True)
         cols = TcpColumns(**{f: getattr(self, f)[rows] for f in _FIELDS
-                             if f not in ("by_flow", "late")})
+                             if f not in ("flow_first", "late")})
         cols.flow = flow.ravel()
-        cols.by_flow = np.argsort(cols.flow, kind="stable")
+        cols.flow_first = first
         return cols
 
 
@@ -481,16 +481,11 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
                       ^ (canon6[4] * k[3]) ^ (ports * k[4]))
     h ^= h >> np.uint64(31)
     cols.a_is_src = a_is_src
-    # one sort of (hash, row) in one word, the row in the low bits: stable, and faster
-    # than a stable argsort (the hash keeps 64 - bits bits; the check below stands)
+    # the hash's top bits (as many as leave the low ones for a row number; the check
+    # below stands), equal ones taken for one flow
     bits = np.uint64(max(1, len(h).bit_length()))
-    comp = np.sort((h >> bits << bits) | np.arange(len(h), dtype=np.uint64))
-    order = (comp & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
-    hs = comp >> bits
-    starts = np.r_[True, hs[1:] != hs[:-1]] if len(h) else np.zeros(0, dtype=bool)
-    flow = np.empty(len(h), dtype=np.int64)
-    flow[order] = np.cumsum(starts) - 1  # flows numbered in hash order
-    rep = order[starts][flow]  # each row's flow's first row
+    flow, first = _numbered(h >> bits << bits)
+    rep = first[flow]  # each row's flow's first row
     # the check: every row has its flow's first row's key (for IPv6, all of it)
     same = (lo == lo[rep]).all() and (hi == hi[rep]).all() and (v4 == v4[rep]).all()
     if same and canon6 is not None:
@@ -500,11 +495,49 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
         same = bool((r6 >= 0).all()) and all((c == c[r6]).all() for c in canon6)
     if not same:  # a hash collision inside one batch: exact keys
         packed = np.frombuffer(cols.packed_keys(np.arange(len(h))), dtype=f"V{KEY_LEN}")
-        _, flow = np.unique(packed, return_inverse=True)
+        _, first, flow = np.unique(packed, return_index=True, return_inverse=True)
         flow = flow.ravel().astype(np.int64)
-        order = np.argsort(flow, kind="stable")
     cols.flow = flow
-    cols.by_flow = order
+    cols.flow_first = first
+
+
+def _numbered(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flow numbers for rows by their hashes `h`, in the order of the hashes (rows with
+    equal hashes share one), and the first row of each flow.
+
+    No sort of every row: each row goes to a slot of a table by its hash's top bits, and
+    the first row of each slot speaks for it; only the rows whose slot a different hash
+    took (a few in a hundred) and the distinct hashes themselves are sorted."""
+    n = len(h)
+    if not n:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    width = (2 * n - 1).bit_length()  # at least two slots a row
+    slot = (h >> np.uint64(64 - width)).astype(np.int64)
+    owner = np.full(1 << width, n, dtype=np.int64)
+    np.minimum.at(owner, slot, np.arange(n))
+    rep = owner[slot]
+    firsts = np.flatnonzero(rep == np.arange(n))  # the first row of each slot's hash
+    miss = np.flatnonzero(h != h[rep])  # rows whose slot went to a different hash
+    at = np.empty(n, dtype=np.int64)
+    at[firsts] = np.arange(len(firsts))
+    which = at[rep]  # each row's distinct hash, as an index of `firsts` (then of `more`)
+    if len(miss):
+        # (a hash here is in no slot of its own: none of the firsts has it)
+        _, more, inv = np.unique(h[miss], return_index=True, return_inverse=True)
+        which[miss] = len(firsts) + inv.ravel()
+        firsts = np.r_[firsts, miss[more]]
+    by_hash = np.argsort(h[firsts])  # distinct hashes: no ties
+    number = np.empty(len(firsts), dtype=np.int64)
+    number[by_hash] = np.arange(len(firsts))
+    return number[which], firsts[by_hash]
+
+
+def by_flow(flow: np.ndarray) -> np.ndarray:
+    """The rows sorted by flow number, stable: one sort of (flow, row) in one word (flow
+    numbers are below the row count), faster than a stable argsort."""
+    bits = np.uint64(max(1, len(flow).bit_length()))
+    comp = np.sort((flow.astype(np.uint64) << bits) | np.arange(len(flow), dtype=np.uint64))
+    return (comp & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
 
 
 _FIELDS = [f for f in TcpColumns.__dataclass_fields__]
