@@ -618,7 +618,7 @@ class FlowTable:
         # by connection, in order: a stable sort keeps the carried rows (first, in their
         # order) before the batch's
         seq = np.r_[np.arange(-len(old["flow"]), 0) if old is not None else [], cand]
-        order = np.argsort(rows["flow"], kind="stable")
+        order = by_flow(rows["flow"])
         rows = {k: v[order] for k, v in rows.items()}
         sh = _shapes(rows)
         head, last, shape = sh.head, sh.last, sh.shape

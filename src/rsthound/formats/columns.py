@@ -276,14 +276,14 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     is4 = v4[rows]
     kept = head if len(rows) == n else head[rows]  # (rows of bytes gather fast; records do not)
     a4, a6 = kept.view(_IP4)[:, 0], kept.view(_IP6)[:, 0]
+    six_all = np.flatnonzero(~is4)  # the IPv6 rows
 
     def pick(f4: str, f6: str | None = None, v6: int | None = None,
              dtype: type = np.int64, sel: np.ndarray | None = None) -> np.ndarray:
         """A field of each row (of `sel`): from its IPv4 layout, then its IPv6 one where
         it is IPv6 (`f6`; or the constant `v6`)."""
-        four = is4 if sel is None else is4[sel]
         out = (a4[f4] if sel is None else a4[f4][sel]).astype(dtype)
-        six = np.flatnonzero(~four)
+        six = six_all if sel is None else np.flatnonzero(~is4[sel])
         if len(six):
             rows6 = six if sel is None else sel[six]
             out[six] = v6 if f6 is None else a6[f6][rows6]
@@ -305,6 +305,7 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     if not good.all():
         keep = np.flatnonzero(good)
         rows, doff, is4, a4, a6 = rows[good], doff[good], is4[good], a4[good], a6[good]
+        six_all = np.flatnonzero(~is4)
         tf = {k: v[good] for k, v in tf.items()}
         if len(opts):
             still = good[opts]
@@ -332,13 +333,7 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
                 "ttl": pick("ttl", "hlim", sel=sel), "ipid": pick("ipid", v6=-1, sel=sel)}
 
     sport, dport = tf["sport"], tf["dport"]
-    src_lo, dst_lo = (pick(k, k + "_lo", dtype=np.uint64) for k in ("src", "dst"))
-    src_lo[is4] |= V4_MAPPED
-    dst_lo[is4] |= V4_MAPPED
-    src = (pick("src", "src_hi", dtype=np.uint64), src_lo)
-    dst = (pick("dst", "dst_hi", dtype=np.uint64), dst_lo)
-    src[0][is4] = 0
-    dst[0][is4] = 0
+    src, dst = (_addresses(a4[k], a6[k + "_hi"], a6[k + "_lo"], six_all) for k in ("src", "dst"))
     slow_rows = np.flatnonzero(slow)
     eager = late(None) if not lean or len(slow_rows) else dict.fromkeys(LATE)
     fast = TcpColumns(
@@ -368,6 +363,18 @@ def decode_tcp(batch: RecordBatch, stats: DecodeStats,
     stats.flags["fin"] += int(((f & FIN) != 0).sum())
     stats.flags["rst"] += int(((f & RST) != 0).sum())
     return fast
+
+
+def _addresses(v4: np.ndarray, hi6: np.ndarray, lo6: np.ndarray, six: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's address as two 64-bit halves: IPv4 ones mapped into ::ffff:0:0/96, the
+    IPv6 ones (rows `six`) as they are."""
+    lo = v4.astype(np.uint64) | V4_MAPPED
+    hi = np.zeros(len(v4), dtype=np.uint64)
+    if len(six):
+        lo[six] = lo6[six]
+        hi[six] = hi6[six]
+    return hi, lo
 
 
 def _iface(batch: RecordBatch, rows: np.ndarray) -> np.ndarray:
@@ -453,8 +460,8 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
     general way."""
     cols.s_hi, cols.s_lo = src
     cols.d_hi, cols.d_lo = dst
-    cols.sport = sport = sport.astype(np.int64)
-    cols.dport = dport = dport.astype(np.int64)
+    cols.sport = sport = sport.astype(np.int64, copy=False)
+    cols.dport = dport = dport.astype(np.int64, copy=False)
     s_hi, s_lo = src
     d_hi, d_lo = dst
     low32, sixteen = np.uint64(0xFFFFFFFF), np.uint64(16)
@@ -533,8 +540,8 @@ def _numbered(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def by_flow(flow: np.ndarray) -> np.ndarray:
-    """The rows sorted by flow number, stable: one sort of (flow, row) in one word (flow
-    numbers are below the row count), faster than a stable argsort."""
+    """The rows sorted by flow number (below 2**40), stable: one sort of (flow, row) in
+    one word, faster than a stable argsort."""
     bits = np.uint64(max(1, len(flow).bit_length()))
     comp = np.sort((flow.astype(np.uint64) << bits) | np.arange(len(flow), dtype=np.uint64))
     return (comp & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
