@@ -113,6 +113,29 @@ def test_memory_cap_evicts_and_says_so(cli, tmp_path):
     assert "memory cap:" in cli("analyze", "--max-conns", "100", f).out
 
 
+def test_rows_grouped_by_hash_as_np_unique_groups_them():
+    """by_hash groups rows as np.unique does (groups in the order of their hashes, the
+    first row of each), also where different hashes share a slot of its table (the same
+    top bits) and where most rows do."""
+    import numpy as np
+
+    from rsthound.formats.columns import by_hash
+
+    rng = np.random.default_rng(7)
+    top = np.uint64(0xFFFF) << np.uint64(48)
+    cases = [np.zeros(0, dtype=np.uint64), np.array([5], dtype=np.uint64)]
+    for n, distinct in ((1000, 40), (5000, 4500), (300, 300)):
+        pool = rng.integers(0, 1 << 63, size=distinct, dtype=np.uint64)
+        cases.append(pool[rng.integers(0, distinct, size=n)])
+        same_top = (pool & ~top) | (pool[0] & top)  # every hash in one slot
+        cases.append(same_top[rng.integers(0, distinct, size=n)])
+    for h in cases:
+        group, first = by_hash(h)
+        _, want_first, want_group = np.unique(h, return_index=True, return_inverse=True)
+        assert group.tolist() == want_group.ravel().tolist()
+        assert first.tolist() == want_first.tolist()
+
+
 def test_flow_numbers_stay_exact_when_keys_hashes_collide(monkeypatch):
     """Rows are grouped into connections by a hash of their keys, then checked: with a
     hash that makes every key collide, the groups are still exactly the connections

@@ -14,7 +14,7 @@ import numpy as np
 
 from rsthound.analyze.evidence import n_of
 from rsthound.analyze.flows import FAILURE, REJ, STATES, Quick
-from rsthound.formats.columns import HASH_MIX
+from rsthound.formats.columns import HASH_MIX, by_hash
 from rsthound.formats.inet import format_addr
 from rsthound.model import Conn, Damage, Icmp, Reset, ResetKind
 from rsthound.textforms import endpoint, rate, seconds, steady
@@ -275,8 +275,7 @@ def _groups(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for c, k in zip(cols, HASH_MIX, strict=False):
             h ^= c * k
         h ^= h >> np.uint64(29)
-    _, rep, which = np.unique(h, return_index=True, return_inverse=True)
-    which = which.ravel()
+    which, rep = by_hash(h)
     if all((c == c[rep][which]).all() for c in cols):
         return rep, which
     _, rep, which = np.unique(np.stack(cols, axis=1), axis=0, return_index=True,

@@ -491,7 +491,7 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
     # the hash's top bits (as many as leave the low ones for a row number; the check
     # below stands), equal ones taken for one flow
     bits = np.uint64(max(1, len(h).bit_length()))
-    flow, first = _numbered(h >> bits << bits)
+    flow, first = by_hash(h >> bits << bits)
     rep = first[flow]  # each row's flow's first row
     # the check: every row has its flow's first row's key (for IPv6, all of it)
     same = (lo == lo[rep]).all() and (hi == hi[rep]).all() and (v4 == v4[rep]).all()
@@ -508,9 +508,10 @@ def _keys(cols: TcpColumns, src: tuple[np.ndarray, np.ndarray],
     cols.flow_first = first
 
 
-def _numbered(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flow numbers for rows by their hashes `h`, in the order of the hashes (rows with
-    equal hashes share one), and the first row of each flow.
+def by_hash(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by their hashes `h` (uint64, mixed in their top bits): each row's
+    group, groups numbered in the order of their hashes (as np.unique numbers them), and
+    the first row of each group.
 
     No sort of every row: each row goes to a slot of a table by its hash's top bits, and
     the first row of each slot speaks for it; only the rows whose slot a different hash
@@ -533,10 +534,10 @@ def _numbered(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, more, inv = np.unique(h[miss], return_index=True, return_inverse=True)
         which[miss] = len(firsts) + inv.ravel()
         firsts = np.r_[firsts, miss[more]]
-    by_hash = np.argsort(h[firsts])  # distinct hashes: no ties
+    in_order = np.argsort(h[firsts])  # distinct hashes: no ties
     number = np.empty(len(firsts), dtype=np.int64)
-    number[by_hash] = np.arange(len(firsts))
-    return number[which], firsts[by_hash]
+    number[in_order] = np.arange(len(firsts))
+    return number[which], firsts[in_order]
 
 
 def by_flow(flow: np.ndarray) -> np.ndarray:
