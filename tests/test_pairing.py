@@ -43,3 +43,18 @@ def test_a_connect_no_packet_explains_goes_alone_after_hold():
     # an error the kernel reported (no route, say) has no timeout to wait for
     y = FailedConnect(T0, T0, "0.0.0.0", 0, "10.9.9.9", 80, HERE, "ENETUNREACH")
     assert Pairing().pair([], [y], T0 + HOLD + 0.1) == [y]
+
+
+def test_a_connect_the_trace_told_late_is_not_counted_again_after_its_packets():
+    """The trace fell behind (a busy host): a connect comes past its timeout and HOLD,
+    after its packets were taken, and counted, in an earlier tick. It does not go alone
+    now (that counted it twice); nor does one whose process was gone before it could be
+    asked, which counts in `ours` through those packets."""
+    for process, ours in ((HERE, 1), (None, 1)):
+        p = Pairing()
+        assert p.pair([timeout_seen()], [], T0 + TIMEOUT_AFTER + 0.6) == []
+        late = FailedConnect(T0, T0 + 1.0, "10.77.0.1", 40000, "10.77.0.2", 7301, process,
+                             None)
+        assert p.pair([], [late], T0 + TIMEOUT_AFTER + HOLD + 1.0) == []
+        assert p.ours == ours
+        assert p.pair([], [], T0 + 60, final=True) == []

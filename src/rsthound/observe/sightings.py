@@ -114,12 +114,13 @@ class Pairing:
             if k in times and met(x, times[k]):
                 out.append(x)
                 self.ours += not known_here(x)
+            elif k in self._taken and met(x, [self._taken[k]]):
+                # its packets were taken before (and counted with them), also when the
+                # trace told it late, past its HOLD
+                self.ours += not known_here(x)
             elif final or now - _due(x) >= HOLD:
                 if known_here(x):  # alone, only where it is known to be this namespace's
                     out.append(x)
-            elif k in self._taken and met(x, [self._taken[k]]):
-                # its packets were taken before (and counted with them)
-                self.ours += not known_here(x)
             else:
                 held.append(x)
         self._held = held
