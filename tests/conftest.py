@@ -102,6 +102,21 @@ for _ in range({n}):
     s.close(); time.sleep({gap})
 """
 
+# each connect in a thread of its own, which ends with it: a connect left to time out does
+# not hold the next back, so that knocks stay on pace
+_KNOCK_THREADS = """
+import os, socket, threading, time
+if {cpu} >= 0: os.sched_setaffinity(0, {{{cpu}}})
+def knock():
+    s = socket.socket()
+    try: s.connect(('{addr}', {port}))
+    except OSError: pass
+    s.close()
+for _ in range({n}):
+    threading.Thread(target=knock).start()
+    time.sleep({gap})
+"""
+
 
 @pytest.fixture
 def tracefs_root() -> str:
@@ -152,6 +167,13 @@ class Netns(str):
         """A client connecting to 127.0.0.1:port n times, `gap` seconds apart (refused
         where nothing listens); its pid is the Popen's."""
         return self.start(_KNOCK.format(n=n, gap=gap, port=port))
+
+    def knock_threads(self, n: int, gap: float, port: int = 7211, addr: str = "127.0.0.1",
+                      cpu: int = -1) -> subprocess.Popen:
+        """A client connecting to addr:port n times, `gap` seconds apart, each connect in a
+        thread of its own (left to fail in the background: knocks stay on pace), pinned to
+        `cpu` when one is given; its pid is the Popen's."""
+        return self.start(_KNOCK_THREADS.format(n=n, gap=gap, port=port, addr=addr, cpu=cpu))
 
     def drop_syns(self, port: int, syn_retries: int) -> None:
         """Silently drop SYNs to `port` (nftables), and give up connects after

@@ -99,21 +99,6 @@ def _traced(tracer_of, run) -> tuple[list, object]:
                 "host (other tests') filled its buffer, and events were lost")
 
 
-# threads that each connect once and end at once
-_THREADS = """
-import os, socket, threading, time
-os.sched_setaffinity(0, {{{cpu}}})
-def knock():
-    s = socket.socket()
-    try: s.connect(('{addr}', {port}))
-    except OSError: pass
-    s.close()
-for _ in range({n}):
-    threading.Thread(target=knock).start()
-    time.sleep(0.1)
-"""
-
-
 @pytest.mark.kernel
 def test_a_connect_traced_on_two_cpus_is_one_failure_of_its_process(netns_factory,
                                                                      tracefs_root):
@@ -137,7 +122,7 @@ def test_a_connect_traced_on_two_cpus_is_one_failure_of_its_process(netns_factor
     if rps.returncode:
         pytest.skip(f"needs RPS (CONFIG_RPS) to take the resets on CPU 0: {rps.stderr.strip()}")
     def knock(_tracer):
-        client = a.start(_THREADS.format(cpu=1, addr=there, port=7211, n=6))
+        client = a.knock_threads(6, 0.1, addr=there, cpu=1)
         assert client.wait(timeout=30) == 0, client.stderr.read()
         return client
 

@@ -152,7 +152,7 @@ def test_refusals_alert_then_clear(cli, netns, receiver):
     """~2 refused connects a second inside a namespace: a warn alert within 4 samples that
     names outgoing refusals, a clear after they stop; the webhook and Alertmanager get both."""
     url, got = receiver
-    client = netns.start(_KNOCK.format(port=7211, n=8, gap=0.5))
+    client = netns.knock_threads(8, 0.5)
     t0 = time.time()
     r = cli("watch", "--netns", netns, "--interval", "0.5", "--duration", "8", "--json",
             "--host", "box", "--webhook", url + "/hook", "--alertmanager", url)
@@ -220,7 +220,7 @@ def test_failures_of_gone_processes_count_in_their_namespace_only(cli, netns_fac
 
     calm, busy = netns_factory(), netns_factory()
     noise = subprocess.Popen(busy.argv("bash", "-c", _SHORT_LIVED))
-    client = calm.start(_KNOCK.format(port=7211, n=8, gap=0.5))
+    client = calm.knock_threads(8, 0.5)
     try:
         there = subprocess.Popen(
             [sys.executable, "-m", "rsthound", "watch", "--netns", busy, "--interval", "0.5",
@@ -278,7 +278,7 @@ def test_full_listen_queue_is_named_overflow(cli, netns):
 @pytest.mark.kernel
 def test_silent_drop_is_named_timeouts(cli, netns):
     netns.drop_syns(7400, syn_retries=1)
-    client = netns.start(_KNOCK.format(port=7400, n=16, gap=0.5))
+    client = netns.knock_threads(16, 0.5, port=7400)
     r = cli("watch", "--netns", netns, "--interval", "0.5", "--duration", "10", "--json")
     client.kill()
     assert r.code == 0, r.err
@@ -297,21 +297,6 @@ def _epoch(iso: str) -> float:
     import datetime as dt
 
     return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-# a client knocking on a port, n times, `gap` seconds apart; non-blocking connects are left to
-# fail in the background (timeouts), so that knocks stay on pace
-_KNOCK = """
-import socket, threading, time
-def knock():
-    s = socket.socket()
-    try: s.connect(('127.0.0.1', {port}))
-    except OSError: pass
-    s.close()
-for _ in range({n}):
-    threading.Thread(target=knock).start()
-    time.sleep({gap})
-"""
 
 
 @pytest.mark.kernel
@@ -348,7 +333,7 @@ def test_real_alertmanager_gets_the_alert_and_its_resolution(netns, tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        client = netns.start(_KNOCK.format(port=7211, n=10, gap=0.5))
+        client = netns.knock_threads(10, 0.5)
         # outside the namespace, where Alertmanager listens; 12 s: the knocks take 5 s and
         # the alert clears after 1.5 s without them, with room for a loaded machine
         watch = subprocess.Popen(
