@@ -181,8 +181,7 @@ def plan_batch(cols: TcpColumns, counts: bool) -> Plan:
     flow = cols.flow
     ctl = (cols.flags & CTL) != 0
     flow_first = cols.flow_first
-    if flow_first is None:
-        _, flow_first = np.unique(flow, return_index=True)
+    assert flow_first is not None  # (decode_tcp and TcpColumns.take number the flows)
     epoch = np.zeros(n, dtype=np.int64)
     if counts:
         order = by_flow(flow)
