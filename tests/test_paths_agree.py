@@ -137,6 +137,63 @@ def test_a_wrong_guess_of_a_spans_first_record_is_caught(generated, monkeypatch,
     assert _run(generated, parallel=True) == inline
 
 
+def test_this_process_reads_spans_too_while_the_helper_is_busy(generated, monkeypatch,
+                                                               small_spans):
+    """The helper and this process each take the next span when they are free. With a
+    helper made slow at each span's start, this process reads spans ahead of their turn
+    (every third guess of a first record wrong, here as in the helper): the summary and
+    the damage are still one walk's, and both processes read some spans."""
+    import os
+    import time
+
+    from rsthound import pipeline
+
+    inline = _run(generated, parallel=False)
+    here = os.getpid()
+    real, calls = pipeline.record_near, []
+
+    def guess(path: str, at: int) -> int | None:
+        if os.getpid() != here:
+            time.sleep(0.1)
+        calls.append(at)
+        got = real(path, at)
+        return got + 16 if got is not None and len(calls) % 3 == 0 else got
+
+    ahead, theirs = [], []
+    take, from_helper = pipeline._Ahead.take, pipeline._from_helper
+
+    def took(self, idx: int):
+        got = take(self, idx)
+        if got is not None:
+            ahead.append(idx)
+        return got
+
+    def helpers(*args, **kwargs):
+        theirs.append(1)
+        return from_helper(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "record_near", guess)
+    monkeypatch.setattr(pipeline._Ahead, "take", took)
+    monkeypatch.setattr(pipeline, "_from_helper", helpers)
+    assert _run(generated, parallel=True) == inline
+    assert len(ahead) >= 3 and theirs, (ahead, theirs)
+
+
+def test_spans_are_all_read_here_where_no_process_can_start(generated, monkeypatch,
+                                                             small_spans):
+    """Where no semaphore or process can be made (some sandboxes), every span is read
+    here, with the same result."""
+    from rsthound import pipeline
+
+    class Refused:
+        def __getattr__(self, name: str):
+            raise OSError("no semaphores here")
+
+    inline = _run(generated, parallel=False)
+    monkeypatch.setattr(pipeline, "_context", Refused)
+    assert _run(generated, parallel=True) == inline
+
+
 def test_chains_whose_guesses_miss_fall_back_to_the_plain_walk(generated, monkeypatch):
     """The record walk's guesses (a first record in each range) proved wrong: the region
     is walked one record at a time, and the same records come out."""

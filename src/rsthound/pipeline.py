@@ -1,13 +1,14 @@
-"""Run a capture file through an Analysis, reading and decoding it in other processes.
+"""Run a capture file through an Analysis, reading and decoding it in another process.
 
 Walking records and decoding them (numpy) need no connection state, so on a machine with
-more than one core, helper processes do that for a big file while this one runs the
+more than one core, a helper process does that for a big file while this one runs the
 connection state machine. For a summary, a classic pcap file is cut into spans of CHUNK
-bytes, read by READERS helpers turn about; each span's first record is guessed by its
-reader, and proved here: it must be where the span before it ended (if not, this process
-reads that span itself). Otherwise (a pcapng file, or connections and resets streamed out
-in the order they end) one helper reads the whole file. Small files and standard input
-are read here.
+bytes; the helper and this process each take the next one whenever they are free (this
+one while it has nothing to track). Each span's first record is guessed by its reader,
+and proved here: it must be where the span before it ended (if not, this process reads
+that span again). Otherwise (a pcapng file, or connections and resets streamed out in the
+order they end) the helper reads the whole file. Small files and standard input are read
+here.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import multiprocessing as mp
 import os
 import queue
 import threading
 import traceback
 from collections.abc import Callable, Generator, Iterator
+from multiprocessing.sharedctypes import Synchronized
 
 from rsthound.analyze.session import Analysis, Selection, prepare
 from rsthound.errors import BadInput, RstHoundError
@@ -32,10 +35,10 @@ from rsthound.sources.capfile import PacketFilter, read_capture, record_near
 
 PARALLEL_MIN_BYTES = 32 << 20
 QUEUE_DEPTH = 3  # batches in flight: bounds the memory the helper can run ahead with
+SPAN_QUEUE_DEPTH = 16  # ... and in spans: two spans, while this process reads one of its own
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 FEW_COLLECTIONS = (100_000, 50, 100)  # the cyclic collector's thresholds while reading
 CHUNK = 256 << 20  # bytes of a pcap file a reader takes at a time
-READERS = 2
 
 
 def analyze_file(path: str, analysis: Analysis,
@@ -77,7 +80,7 @@ def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None]
         try:
             q = ctx.Queue(maxsize=QUEUE_DEPTH)
             helper = ctx.Process(
-                target=_span_reader, args=(path, [None], analysis.selection,
+                target=_span_reader, args=(path, [None], None, analysis.selection,
                                            analysis.table.counts, q, expression, border),
                 name="rsthound-reader", daemon=True,
             )
@@ -90,7 +93,7 @@ def _analyze_file(path: str, analysis: Analysis, progress: Callable[[int], None]
         return
     try:
         _take(q, helper, "start")
-        _feed(q, helper, analysis, progress)
+        _feed(_from_helper(q, helper), analysis, progress)
         _take(q, helper, "done")
     finally:
         if helper.is_alive():
@@ -117,52 +120,136 @@ def _context() -> mp.context.BaseContext:
 
 def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
                 progress: Callable[[int], None], expression: str | None) -> None:
-    """Read `spans` of a pcap file in READERS helpers, and feed them here in order."""
+    """Read `spans` of a pcap file, and track their batches here in the file's order.
+
+    A helper process and this one each take the next span nobody has taken whenever they
+    are free: the helper as soon as it ends one, this process while it has none of the
+    helper's batches to track (it keeps what it reads until the span's turn; AHEAD
+    batches at most). So both cores work until the end, whichever half is the slower,
+    and no third process shares them."""
     ctx = _context()
-    queues = [ctx.Queue(maxsize=QUEUE_DEPTH * 2) for _ in range(READERS)]
-    helpers = [
-        ctx.Process(target=_span_reader,
-                    args=(path, spans[j::READERS], analysis.selection,
-                          analysis.table.counts, queues[j], expression, CHUNK),
-                    name=f"rsthound-reader-{j}", daemon=True)
-        for j in range(READERS)
-    ]
-    for h in helpers:
-        h.start()
+    try:
+        taken = ctx.Value("i", 0)  # the first span nobody has taken yet
+        q = ctx.Queue(maxsize=SPAN_QUEUE_DEPTH)
+        helper = ctx.Process(target=_span_reader,
+                             args=(path, spans, taken, analysis.selection,
+                                   analysis.table.counts, q, expression, CHUNK),
+                             name="rsthound-reader", daemon=True)
+        helper.start()
+    except OSError:  # no semaphores or no processes here (some sandboxes): read inline
+        taken = helper = None
+
+    def read(idx: int) -> Iterator[tuple[str, object]]:
+        return _span_messages(path, idx, spans[idx], analysis.selection,
+                              analysis.table.counts, expression, CHUNK)
+
+    ahead = _Ahead(read, taken, len(spans))
     try:
         expected = 24  # the first record of the next span, proved by reading up to it
         last_sec = None  # the time of the record before it (for a resync after damage)
         for idx, (_a, stop) in enumerate(spans):
-            q, helper = queues[idx % READERS], helpers[idx % READERS]
-            _, first = _take(q, helper, "start")
-            if expected < stop and first == expected:
-                ended = _feed(q, helper, analysis, progress)
-                assert ended is not None  # (a classic pcap's reader says where it stopped)
-                expected, span_last = ended
-                last_sec = span_last if span_last is not None else last_sec
-            else:
-                _skip_span(q, helper)  # the guess was wrong, or the span holds no record
-            # what the helper could not read (from a wrong guess, or from damage, which it
-            # leaves to this process: a resync judges times by the record before)
+            messages = ahead.take(idx)
+            mine = messages is not None
+            if not mine and helper is not None and _claim(taken, len(spans), only=idx) is None:
+                messages = _from_helper(q, helper, idle=ahead.step)
+            # (else nobody had taken it: it is read now, below)
+            if messages is not None:
+                _, (started, first) = next(messages)
+                assert started == idx
+                if expected < stop and first == expected:
+                    ended = _feed(messages, analysis, progress)
+                    assert ended is not None  # (a classic pcap's reader says where it stopped)
+                    expected, span_last = ended
+                    last_sec = span_last if span_last is not None else last_sec
+                elif not mine:  # the guess was wrong, or the span holds no record
+                    for _ in messages:
+                        pass
+            # what was not read yet (from a wrong guess, or from damage, which a span's
+            # reader leaves to this point: a resync judges times by the record before)
             if expected < stop:
                 expected, last_sec = _read_inline(path, (expected, stop), analysis,
                                                   progress, expression, last_sec)
-        for q, helper in zip(queues, helpers, strict=True):
+        if helper is not None:
             _take(q, helper, "done")
     finally:
-        for h in helpers:
-            if h.is_alive():
-                h.terminate()
-            h.join(timeout=5)
+        if helper is not None:
+            if helper.is_alive():
+                helper.terminate()
+            helper.join(timeout=5)
 
 
-def _feed(q: mp.Queue, helper: mp.Process, analysis: Analysis,
-          progress: Callable[[int], None]) -> tuple[int, int | None] | None:
-    """A helper's batches into `analysis`, up to the end of what it reads: then where it
-    stopped and the time of its last record (None for a pcapng file). Its damage and
-    decode counts come with the end (so that a span read again here counts once)."""
+AHEAD = 12  # batches this process may read ahead of their turn (about two spans)
+
+
+class _Ahead:
+    """The spans this process reads while it waits for the helper, each as the messages
+    the helper would have sent, kept until the span's turn."""
+
+    def __init__(self, read: Callable[[int], Iterator[tuple[str, object]]],
+                 taken: Synchronized | None, spans: int) -> None:
+        self.read, self.taken, self.spans = read, taken, spans
+        self.kept: dict[int, list[tuple[str, object]]] = {}
+        self.open: tuple[int, Iterator[tuple[str, object]]] | None = None  # being read
+        self.batches = 0  # kept
+
+    def step(self) -> bool:
+        """Read one more message ahead; False when there is nothing to do for now."""
+        if self.taken is None or self.batches >= AHEAD:
+            return False
+        if self.open is None:
+            idx = _claim(self.taken, self.spans)
+            if idx is None:
+                return False
+            self.open = (idx, self.read(idx))
+            self.kept[idx] = []
+        idx, messages = self.open
+        message = next(messages, None)
+        if message is None:
+            self.open = None
+        else:
+            self.kept[idx].append(message)
+            self.batches += message[0] == "batch"
+        return True
+
+    def take(self, idx: int) -> Iterator[tuple[str, object]] | None:
+        """Span `idx`'s messages if it was read here: those kept, then the rest (read as
+        they are asked for); None if it was not."""
+        kept = self.kept.pop(idx, None)
+        if kept is None:
+            return None
+        self.batches -= sum(kind == "batch" for kind, _ in kept)
+        rest: Iterator[tuple[str, object]] = iter(())
+        if self.open is not None and self.open[0] == idx:
+            rest, self.open = self.open[1], None
+        return itertools.chain(kept, rest)
+
+
+def _claim(taken: Synchronized, spans: int, only: int | None = None) -> int | None:
+    """Take the next span nobody has taken (only if it is `only`); None if there is none."""
+    with taken.get_lock():
+        idx = taken.value
+        if idx >= spans or (only is not None and idx != only):
+            return None
+        taken.value = idx + 1
+    return idx
+
+
+def _from_helper(q: mp.Queue, helper: mp.Process,
+                 idle: Callable[[], bool] | None = None) -> Iterator[tuple[str, object]]:
+    """A helper's messages about one span, up to its end."""
     while True:
-        kind, payload = _take(q, helper)
+        kind, payload = _take(q, helper, idle=idle)
+        yield kind, payload
+        if kind == "end":
+            return
+
+
+def _feed(messages: Iterator[tuple[str, object]], analysis: Analysis,
+          progress: Callable[[int], None]) -> tuple[int, int | None] | None:
+    """A span's batches into `analysis`, up to its end: then where its reading stopped and
+    the time of its last record (None for a pcapng file). Its damage and decode counts
+    come with the end (so that a span read again here counts once)."""
+    for kind, payload in messages:
         if kind == "batch":
             analysis.feed_prepared(payload)
             progress(payload.end_offset)
@@ -171,11 +258,16 @@ def _feed(q: mp.Queue, helper: mp.Process, analysis: Analysis,
         analysis.summary.damages.extend(damages)
         analysis.stats.merge(stats)
         return ended
+    raise RuntimeError("a span's messages ended without its end")
 
 
-def _take(q: mp.Queue, helper: mp.Process, want: str | None = None) -> tuple[str, object]:
-    """The next message of a helper; its errors raised here."""
+def _take(q: mp.Queue, helper: mp.Process, want: str | None = None,
+          idle: Callable[[], bool] | None = None) -> tuple[str, object]:
+    """The next message of a helper; its errors raised here. While there is none, `idle()`
+    is called for as long as it finds something to do."""
     while True:
+        if idle is not None and q.empty() and idle():
+            continue
         try:
             kind, payload = q.get(timeout=1.0)
         except queue.Empty:
@@ -191,11 +283,6 @@ def _take(q: mp.Queue, helper: mp.Process, want: str | None = None) -> tuple[str
         if want is not None and kind != want:
             raise RuntimeError(f"the reading process said {kind!r} where {want!r} was due")
         return kind, payload
-
-
-def _skip_span(q: mp.Queue, helper: mp.Process) -> None:
-    while _take(q, helper)[0] != "end":
-        pass
 
 
 def _read_inline(path: str, span: tuple[int, int], analysis: Analysis,
@@ -220,33 +307,49 @@ def _each(batches: Generator[RecordBatch, None, tuple[int, int | None] | None],
         use(batch)
 
 
-def _span_reader(path: str, spans: list[tuple[int, int] | None], selection: Selection,
-                 counts: bool, q: mp.Queue, expression: str | None,
+def _span_reader(path: str, spans: list[tuple[int, int] | None], taken: Synchronized | None,
+                 selection: Selection, counts: bool, q: mp.Queue, expression: str | None,
                  border: int | None) -> None:
-    """A helper: each of its spans (None: the whole file) as ("start", first record or
-    None), ("batch", Prepared) ..., ("end", ((where it stopped, its last record's time),
-    damages, DecodeStats)); then ("done", None). In a span, damage is left to the main
-    process (a resync judges times by the record before, which only it knows)."""
+    """A helper: the messages of each span it takes (`taken` None: every one of `spans`;
+    a span None: the whole file), as `_span_messages` makes them; then ("done", None)."""
     _as_a_reader()
     with _reported(q):
-        for span in spans:
-            if span is None:
-                first, stop = 24, None
-            else:
-                a, stop = span
-                first = 24 if a <= 24 else record_near(path, a)
-            q.put(("start", first))
-            damages: list[Damage] = []
-            stats = DecodeStats()
-            ended = (first, None)
-            if stop is None or (first is not None and first < stop):
-                ended = _each(_read(path, damages, expression,
-                                    None if stop is None else (first, stop), check=False,
-                                    border=border, until_damage=stop is not None),
-                              lambda b, d=stats: q.put(("batch",
-                                                        prepare(b, selection, d, counts))))
-            q.put(("end", (ended, damages, stats)))
+        for idx in range(len(spans)) if taken is None else iter(
+                lambda: _claim(taken, len(spans)), None):
+            for message in _span_messages(path, idx, spans[idx], selection, counts,
+                                          expression, border):
+                q.put(message)
         q.put(("done", None))
+
+
+def _span_messages(path: str, idx: int, span: tuple[int, int] | None, selection: Selection,
+                   counts: bool, expression: str | None,
+                   border: int | None) -> Iterator[tuple[str, object]]:
+    """Span `idx` read and made ready for tracking (None: the whole file), as messages:
+    ("start", (idx, its first record or None)), ("batch", Prepared) ..., ("end", ((where
+    it stopped, its last record's time), damages, DecodeStats)). In a span, damage is left
+    to the main process (a resync judges times by the record before, which only it
+    knows)."""
+    if span is None:
+        first, stop = 24, None
+    else:
+        a, stop = span
+        first = 24 if a <= 24 else record_near(path, a)
+    yield "start", (idx, first)
+    damages: list[Damage] = []
+    stats = DecodeStats()
+    ended = (first, None)
+    if stop is None or (first is not None and first < stop):
+        batches = _read(path, damages, expression, None if stop is None else (first, stop),
+                        check=False, border=border, until_damage=stop is not None)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration as end:
+                ended = end.value
+                break
+            yield "batch", prepare(batch, selection, stats, counts)
+    yield "end", (ended, damages, stats)
 
 
 def _as_a_reader() -> None:
