@@ -45,6 +45,25 @@ def test_summary_mode_matches_full_tracking_generated(generated):
     assert fast["failed"]["refused"] > 100 and fast["resets"]["by_kind"]["abort"] > 100
 
 
+def test_client_counts_under_a_small_cap_match_full_tracking(generated, monkeypatch):
+    """Services' clients are counted up to a cap (then shown as "N+"): counted in bulk for
+    plain connections, or one connection at a time, the counts and the capped flags are
+    the same, and the cap is reached here."""
+    from rsthound.analyze import summary as summary_mod
+
+    init = summary_mod.Summarizer.__init__
+
+    def small(self, s, max_services=10_000, max_clients=10_000):
+        init(self, s, max_services, max_clients=25)
+
+    monkeypatch.setattr(summary_mod.Summarizer, "__init__", small)
+    fast = summary(generated, full=False)
+    assert fast == summary(generated, full=True)
+    assert any(svc["clients_capped"] for svc in fast["services"])
+    assert all(svc["clients"] <= 25 for svc in fast["services"])
+    assert any(not svc["clients_capped"] and svc["clients"] > 1 for svc in fast["services"])
+
+
 def test_batch_path_matches_packet_path_generated(generated):
     conns, resets, _ = analyse(generated)  # asserts both paths agree
     assert len(conns) > 5000 and len(resets) > 500
