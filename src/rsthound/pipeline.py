@@ -24,6 +24,7 @@ import threading
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from multiprocessing.sharedctypes import Synchronized
+from typing import TypeVar
 
 from rsthound.analyze.session import Analysis, Selection, prepare
 from rsthound.errors import BadInput, RstHoundError
@@ -35,10 +36,12 @@ from rsthound.sources.capfile import PacketFilter, read_capture, record_near
 
 PARALLEL_MIN_BYTES = 32 << 20
 QUEUE_DEPTH = 3  # batches in flight: bounds the memory the helper can run ahead with
-SPAN_QUEUE_DEPTH = 16  # ... and in spans: two spans, while this process reads one of its own
+SPAN_QUEUE_DEPTH = 16  # ... when spans are shared: about two spans, so that the helper goes
+# on while this process reads one of its own
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 FEW_COLLECTIONS = (100_000, 50, 100)  # the cyclic collector's thresholds while reading
 CHUNK = 256 << 20  # bytes of a pcap file a reader takes at a time
+T, U, R = TypeVar("T"), TypeVar("U"), TypeVar("R")
 
 
 def analyze_file(path: str, analysis: Analysis,
@@ -342,13 +345,8 @@ def _span_messages(path: str, idx: int, span: tuple[int, int] | None, selection:
     if stop is None or (first is not None and first < stop):
         batches = _read(path, damages, expression, None if stop is None else (first, stop),
                         check=False, border=border, until_damage=stop is not None)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration as end:
-                ended = end.value
-                break
-            yield "batch", prepare(batch, selection, stats, counts)
+        ended = yield from _mapped(batches, lambda batch: (
+            "batch", prepare(batch, selection, stats, counts)))
     yield "end", (ended, damages, stats)
 
 
@@ -402,11 +400,17 @@ def _read(path: str, damages: list[Damage], expression: str | None,
           ) -> Generator[RecordBatch, None, tuple[int, int | None] | None]:
     """The file's batches (of `span`), those packets only that `expression` takes; returns
     where reading stopped and the last record's time (a classic pcap)."""
-    keep = PacketFilter(expression, check=check) if expression is not None else None
     batches = read_capture(path, damages, span, last_sec, border, until_damage)
+    if expression is None:
+        return (yield from batches)
+    return (yield from _mapped(batches, PacketFilter(expression, check=check).batch))
+
+
+def _mapped(items: Generator[T, None, R], f: Callable[[T], U]) -> Generator[U, None, R]:
+    """`f` of each item of `items`; returns what `items` returns."""
     while True:
         try:
-            batch = next(batches)
+            item = next(items)
         except StopIteration as end:
             return end.value
-        yield batch if keep is None else keep.batch(batch)
+        yield f(item)
