@@ -198,6 +198,53 @@ def test_this_process_reads_spans_too_while_the_helper_is_busy(generated, monkey
     assert len(ahead) >= 3 and theirs, (ahead, theirs)
 
 
+def test_spans_read_beside_a_spawned_helper_change_nothing(generated, small_spans):
+    """While another thread runs (a progress bar's, say), the helper is spawned, not
+    forked: it starts without this process's state, and the result is still one walk's."""
+    import threading
+
+    from rsthound import pipeline
+
+    inline = _run(generated, parallel=False)
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    other.start()
+    try:
+        assert pipeline._context().get_start_method() == "spawn"
+        assert _run(generated, parallel=True) == inline
+    finally:
+        done.set()
+        other.join()
+
+
+@pytest.mark.parametrize("ring", [256 << 10, 8 << 10], ids=["wrapping", "too-small"])
+def test_plans_through_shared_memory_change_nothing(generated, monkeypatch, small_spans,
+                                                    ring):
+    """A forked helper's plans come through memory shared with it, stored one after the
+    other and wrapping around, the helper waiting for room: a ring that holds one or two
+    plans at a time, or hardly any (then they come pickled through the queue), gives
+    one walk's result."""
+    from rsthound import pipeline
+
+    inline = _run(generated, parallel=False)
+    monkeypatch.setattr(pipeline, "RING", ring)
+    monkeypatch.setattr(pipeline, "AHEAD", 0)  # (the helper reads nearly every span)
+    took, take = [], pipeline._Ring.take
+
+    def taken(self, prepared):  # (here: where the ring had handed out bytes up to)
+        stored = prepared.plan
+        took.append(stored.end if isinstance(stored, pipeline._Stored) else None)
+        return take(self, prepared)
+
+    monkeypatch.setattr(pipeline._Ring, "take", taken)
+    assert _run(generated, parallel=True) == inline
+    ends = [e for e in took if e is not None]
+    if ring > 64 << 10:  # most plans fit, and went round the ring several times
+        assert len(ends) > len(took) * 0.8 and max(ends) > 4 * ring, took
+    else:  # most plans come pickled (a small one may still fit)
+        assert len(took) > 10 and len(ends) < len(took) * 0.2, took
+
+
 def test_spans_are_all_read_here_where_no_process_can_start(generated, monkeypatch,
                                                              small_spans):
     """Where no semaphore or process can be made (some sandboxes), every span is read

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import itertools
+import mmap
 import multiprocessing as mp
 import os
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from multiprocessing.sharedctypes import Synchronized
 from typing import TypeVar
 
-from rsthound.analyze.session import Analysis, Selection, prepare
+import numpy as np
+
+from rsthound.analyze.flows import Plan
+from rsthound.analyze.session import Analysis, Prepared, Selection, prepare
 from rsthound.errors import BadInput, RstHoundError
 from rsthound.formats.columns import DecodeStats
 from rsthound.formats.pcap import is_pcap
@@ -41,6 +47,7 @@ SPAN_QUEUE_DEPTH = 16  # ... when spans are shared: about two spans, so that the
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 FEW_COLLECTIONS = (100_000, 50, 100)  # the cyclic collector's thresholds while reading
 CHUNK = 256 << 20  # bytes of a pcap file a reader takes at a time
+RING = 16 << 20  # bytes of memory shared with a forked helper, for its plans' arrays
 T, U, R = TypeVar("T"), TypeVar("U"), TypeVar("R")
 
 
@@ -134,13 +141,14 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
     try:
         taken = ctx.Value("i", 0)  # the first span nobody has taken yet
         q = ctx.Queue(maxsize=SPAN_QUEUE_DEPTH)
+        ring = _Ring(RING, ctx) if ctx.get_start_method() == "fork" else None
         helper = ctx.Process(target=_span_reader,
                              args=(path, spans, taken, analysis.selection,
-                                   analysis.table.counts, q, expression, CHUNK),
+                                   analysis.table.counts, q, expression, CHUNK, ring),
                              name="rsthound-reader", daemon=True)
         helper.start()
     except OSError:  # no semaphores or no processes here (some sandboxes): read inline
-        taken = helper = None
+        taken = helper = ring = None
 
     def read(idx: int) -> Iterator[tuple[str, object]]:
         return _span_messages(path, idx, spans[idx], analysis.selection,
@@ -154,7 +162,7 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
             messages = ahead.take(idx)
             mine = messages is not None
             if not mine and helper is not None and _claim(taken, len(spans), only=idx) is None:
-                messages = _from_helper(q, helper, idle=ahead.step)
+                messages = _from_helper(q, helper, idle=ahead.step, ring=ring)
             # (else nobody had taken it: it is read now, below)
             if messages is not None:
                 _, (started, first) = next(messages)
@@ -227,6 +235,72 @@ class _Ahead:
         return itertools.chain(kept, rest)
 
 
+class _Ring:
+    """Memory shared with a forked helper, through which its plans' arrays come: it
+    copies them in, this process copies them out, and only a small description goes
+    through the queue (pickled arrays through its pipe cost both processes more: a tenth
+    of a second each on a 6 GB capture). Plans are stored one after the other, wrapping
+    around; the helper waits for room, which this process gives back in order."""
+
+    ALIGN = 64
+
+    def __init__(self, size: int, ctx: mp.context.BaseContext) -> None:
+        self.size = size
+        self.buf = np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)  # shared on fork
+        self.freed = ctx.RawValue("q", 0)  # bytes given back, ever (set here only)
+        self.head = 0  # bytes handed out, ever (in the helper only)
+
+    def put(self, prepared: Prepared) -> Prepared:
+        """In the helper: `prepared` with its plan's arrays stored (or as it is, if they
+        do not fit at all)."""
+        plan = prepared.plan
+        arrays = [(("rows", k), v) for k, v in plan.rows.items()]
+        arrays += [(("bulk", k), v) for k, v in (plan.bulk or {}).items()]
+        arrays.append((("packed", ""), np.frombuffer(plan.packed, dtype=np.uint8)))
+        need = sum(-(-v.nbytes // self.ALIGN) * self.ALIGN for _, v in arrays)
+        if need > self.size or any(v.dtype.hasobject for _, v in arrays):
+            return prepared
+        at = self.head
+        if at % self.size + need > self.size:  # not across the end: from the start
+            at += self.size - at % self.size
+        # until this process has taken out enough (an empty ring has room anywhere)
+        while at + need - self.freed.value > self.size and self.freed.value != self.head:
+            time.sleep(0.001)
+        off = at % self.size
+        layout = []
+        for name, v in arrays:
+            self.buf[off:off + v.nbytes] = v.reshape(-1).view(np.uint8)
+            layout.append((name, v.dtype.str, v.shape, off))
+            off += -(-v.nbytes // self.ALIGN) * self.ALIGN
+        self.head = at + need
+        return dataclasses.replace(prepared,
+                                   plan=_Stored(layout, plan.bulk is not None, at + need))
+
+    def take(self, prepared: Prepared) -> Prepared:
+        """Here: `prepared` with its plan's arrays copied out, and their room given back."""
+        stored = prepared.plan
+        if not isinstance(stored, _Stored):
+            return prepared
+        parts: dict[str, dict[str, np.ndarray]] = {"rows": {}, "bulk": {}, "packed": {}}
+        for (part, k), dtype, shape, off in stored.layout:
+            dt = np.dtype(dtype)
+            n = dt.itemsize * int(np.prod(shape))
+            parts[part][k] = self.buf[off:off + n].view(dt).reshape(shape).copy()
+        self.freed.value = stored.end
+        prepared.plan = Plan(parts["rows"], parts["packed"][""].tobytes(),
+                             parts["bulk"] if stored.bulk else None)
+        return prepared
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stored:
+    """Where a plan's arrays are in a `_Ring`: ((part, name), dtype, shape, offset) each."""
+
+    layout: list[tuple[tuple[str, str], str, tuple[int, ...], int]]
+    bulk: bool  # (the plan had bulk columns)
+    end: int  # the ring's bytes handed out, up to and with this plan's
+
+
 def _claim(taken: Synchronized, spans: int, only: int | None = None) -> int | None:
     """Take the next span nobody has taken (only if it is `only`); None if there is none."""
     with taken.get_lock():
@@ -237,11 +311,14 @@ def _claim(taken: Synchronized, spans: int, only: int | None = None) -> int | No
     return idx
 
 
-def _from_helper(q: mp.Queue, helper: mp.Process,
-                 idle: Callable[[], bool] | None = None) -> Iterator[tuple[str, object]]:
-    """A helper's messages about one span, up to its end."""
+def _from_helper(q: mp.Queue, helper: mp.Process, idle: Callable[[], bool] | None = None,
+                 ring: _Ring | None = None) -> Iterator[tuple[str, object]]:
+    """A helper's messages about one span, up to its end (each batch's arrays taken out of
+    `ring` as it comes)."""
     while True:
         kind, payload = _take(q, helper, idle=idle)
+        if ring is not None and kind == "batch":
+            payload = ring.take(payload)
         yield kind, payload
         if kind == "end":
             return
@@ -312,16 +389,19 @@ def _each(batches: Generator[RecordBatch, None, tuple[int, int | None] | None],
 
 def _span_reader(path: str, spans: list[tuple[int, int] | None], taken: Synchronized | None,
                  selection: Selection, counts: bool, q: mp.Queue, expression: str | None,
-                 border: int | None) -> None:
+                 border: int | None, ring: _Ring | None = None) -> None:
     """A helper: the messages of each span it takes (`taken` None: every one of `spans`;
-    a span None: the whole file), as `_span_messages` makes them; then ("done", None)."""
+    a span None: the whole file), as `_span_messages` makes them, the batches' arrays
+    through `ring`; then ("done", None)."""
     _as_a_reader()
     with _reported(q):
         for idx in range(len(spans)) if taken is None else iter(
                 lambda: _claim(taken, len(spans)), None):
-            for message in _span_messages(path, idx, spans[idx], selection, counts,
-                                          expression, border):
-                q.put(message)
+            for kind, payload in _span_messages(path, idx, spans[idx], selection, counts,
+                                                expression, border):
+                if ring is not None and kind == "batch":
+                    payload = ring.put(payload)
+                q.put((kind, payload))
         q.put(("done", None))
 
 
