@@ -141,7 +141,7 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
     try:
         taken = ctx.Value("i", 0)  # the first span nobody has taken yet
         q = ctx.Queue(maxsize=SPAN_QUEUE_DEPTH)
-        ring = _Ring(RING, ctx) if ctx.get_start_method() == "fork" else None
+        ring = _Ring.make(RING, ctx)
         helper = ctx.Process(target=_span_reader,
                              args=(path, spans, taken, analysis.selection,
                                    analysis.table.counts, q, expression, CHUNK, ring),
@@ -249,6 +249,17 @@ class _Ring:
         self.buf = np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)  # shared on fork
         self.freed = ctx.RawValue("q", 0)  # bytes given back, ever (set here only)
         self.head = 0  # bytes handed out, ever (in the helper only)
+
+    @classmethod
+    def make(cls, size: int, ctx: mp.context.BaseContext) -> _Ring | None:
+        """A ring shared with a helper forked by `ctx`; None for a spawned one (it could
+        not map this memory) or where no memory can be shared (then plans are pickled)."""
+        if ctx.get_start_method() != "fork":
+            return None
+        try:
+            return cls(size, ctx)
+        except OSError:
+            return None
 
     def put(self, prepared: Prepared) -> Prepared:
         """In the helper: `prepared` with its plan's arrays stored (or as it is, if they
