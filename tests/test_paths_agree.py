@@ -245,6 +245,54 @@ def test_plans_through_shared_memory_change_nothing(generated, monkeypatch, smal
         assert len(took) > 10 and len(ends) < len(took) * 0.2, took
 
 
+def test_a_reader_waiting_for_room_goes_when_analyze_is_killed(generated):
+    """kill -9 of analyze while its reader waits for room in the shared ring (nobody will
+    ever give it back): the reader does not outlive it."""
+    import signal
+    import time
+
+    script = f"""
+import time
+from rsthound import pipeline
+from rsthound.analyze import session
+pipeline.CHUNK, pipeline.RING, pipeline.AHEAD = 4 << 20, 256 << 10, 0
+real = session.Analysis.feed_prepared
+def slow(self, prepared):  # the reader fills the ring and waits
+    time.sleep(0.3)
+    return real(self, prepared)
+session.Analysis.feed_prepared = slow
+pipeline.analyze_file({str(generated)!r}, session.Analysis(), parallel=True)
+"""
+    p = subprocess.Popen([sys.executable, "-c", script])
+
+    def alive(pid: int) -> bool:  # (an orphan that ended may stay a zombie a moment)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    try:
+        kids: list[int] = []
+        end = time.monotonic() + 20
+        while not kids and time.monotonic() < end:
+            time.sleep(0.2)
+            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        assert kids, "no reader process was started"
+        time.sleep(1.5)  # the reader is waiting for room by now
+        assert p.poll() is None and all(alive(k) for k in kids)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        end = time.monotonic() + 10
+        while any(alive(k) for k in kids) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not any(alive(k) for k in kids), kids
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_spans_are_all_read_here_where_no_process_can_start(generated, monkeypatch,
                                                              small_spans):
     """Where no semaphore or process can be made (some sandboxes), every span is read

@@ -249,6 +249,7 @@ class _Ring:
         self.buf = np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)  # shared on fork
         self.freed = ctx.RawValue("q", 0)  # bytes given back, ever (set here only)
         self.head = 0  # bytes handed out, ever (in the helper only)
+        self.owner = os.getpid()  # this process
 
     @classmethod
     def make(cls, size: int, ctx: mp.context.BaseContext) -> _Ring | None:
@@ -276,6 +277,8 @@ class _Ring:
             at += self.size - at % self.size
         # until this process has taken out enough (an empty ring has room anywhere)
         while at + need - self.freed.value > self.size and self.freed.value != self.head:
+            if os.getppid() != self.owner:  # it is gone (killed): nobody will give room
+                os._exit(1)
             time.sleep(0.001)
         off = at % self.size
         layout = []
