@@ -248,6 +248,8 @@ def test_plans_through_shared_memory_change_nothing(generated, monkeypatch, smal
 def test_a_reader_waiting_for_room_goes_when_analyze_is_killed(generated):
     """kill -9 of analyze while its reader waits for room in the shared ring (nobody will
     ever give it back): the reader does not outlive it."""
+    import contextlib
+    import os
     import signal
     import time
 
@@ -264,6 +266,7 @@ session.Analysis.feed_prepared = slow
 pipeline.analyze_file({str(generated)!r}, session.Analysis(), parallel=True)
 """
     p = subprocess.Popen([sys.executable, "-c", script])
+    kids: list[int] = []
 
     def alive(pid: int) -> bool:  # (an orphan that ended may stay a zombie a moment)
         try:
@@ -273,7 +276,6 @@ pipeline.analyze_file({str(generated)!r}, session.Analysis(), parallel=True)
             return False
 
     try:
-        kids: list[int] = []
         end = time.monotonic() + 20
         while not kids and time.monotonic() < end:
             time.sleep(0.2)
@@ -291,6 +293,9 @@ pipeline.analyze_file({str(generated)!r}, session.Analysis(), parallel=True)
     finally:
         p.kill()
         p.wait()
+        for k in [k for k in kids if alive(k)]:  # (none, unless the test failed)
+            with contextlib.suppress(OSError):
+                os.kill(k, signal.SIGKILL)
 
 
 def test_spans_are_all_read_here_where_no_process_can_start(generated, monkeypatch,

@@ -48,6 +48,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 FEW_COLLECTIONS = (100_000, 50, 100)  # the cyclic collector's thresholds while reading
 CHUNK = 256 << 20  # bytes of a pcap file a reader takes at a time
 RING = 16 << 20  # bytes of memory shared with a forked helper, for its plans' arrays
+AHEAD = 12  # batches this process may read ahead of their turn (about two spans)
 T, U, R = TypeVar("T"), TypeVar("U"), TypeVar("R")
 
 
@@ -187,9 +188,6 @@ def _read_spans(path: str, spans: list[tuple[int, int]], analysis: Analysis,
             if helper.is_alive():
                 helper.terminate()
             helper.join(timeout=5)
-
-
-AHEAD = 12  # batches this process may read ahead of their turn (about two spans)
 
 
 class _Ahead:
