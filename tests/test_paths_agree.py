@@ -249,6 +249,7 @@ def test_a_reader_waiting_for_room_goes_when_analyze_is_killed(generated):
     """kill -9 of analyze while its reader waits for room in the shared ring (nobody will
     ever give it back): the reader does not outlive it."""
     import contextlib
+    import glob
     import os
     import signal
     import time
@@ -268,6 +269,14 @@ pipeline.analyze_file({str(generated)!r}, session.Analysis(), parallel=True)
     p = subprocess.Popen([sys.executable, "-c", script])
     kids: list[int] = []
 
+    def children(pid: int) -> list[int]:
+        found = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError), open(stat) as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(stat.split("/")[2]))
+        return found
+
     def alive(pid: int) -> bool:  # (an orphan that ended may stay a zombie a moment)
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -279,8 +288,7 @@ pipeline.analyze_file({str(generated)!r}, session.Analysis(), parallel=True)
         end = time.monotonic() + 20
         while not kids and time.monotonic() < end:
             time.sleep(0.2)
-            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
-                kids = [int(k) for k in f.read().split()]
+            kids = children(p.pid)
         assert kids, "no reader process was started"
         time.sleep(1.5)  # the reader is waiting for room by now
         assert p.poll() is None and all(alive(k) for k in kids)
