@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+# alone: beside other tests' traffic (which every namespace's trace sees) the trace falls
+# behind, reading a bounded share each tick, and findings made meanwhile can lack the
+# client's pid (seen once in a loaded run)
+pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.alone]
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "tests" / "service" / "run_in_nspawn.sh"
