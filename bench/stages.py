@@ -11,7 +11,7 @@ Stages, each over the whole file, CPU seconds (`time.process_time`), best of R:
   summary; the plans are made before, untimed).
 
 The sum is what one core would need; `run_analyze.py` times the whole command, whose
-readers and tracker share two cores.
+reader process and main process (which tracks, and reads too) share two cores.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def stages(path: str) -> dict[str, float]:
     analysis = Analysis()
     decode, plan = session.decode_tcp, session.plan_batch
     session.decode_tcp, session.plan_batch = timed("decode", decode), timed("plan", plan)
-    try:  # prepare() as the readers call it, its two stages timed
+    try:  # prepare() as the reader calls it, its two stages timed
         plans = [prepare(b, analysis.selection, DecodeStats(), analysis.table.counts)
                  for b in read_capture(path, [], border=CHUNK)]
     finally:

@@ -269,20 +269,19 @@ pipeline.analyze_file({str(generated)!r}, session.Analysis(), parallel=True)
     p = subprocess.Popen([sys.executable, "-c", script])
     kids: list[int] = []
 
-    def children(pid: int) -> list[int]:
-        found = []
-        for stat in glob.glob("/proc/[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError), open(stat) as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(stat.split("/")[2]))
-        return found
-
-    def alive(pid: int) -> bool:  # (an orphan that ended may stay a zombie a moment)
+    def stat(pid: int | str) -> list[str]:  # the fields after the name: state, ppid, ...
         try:
             with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+                return f.read().rsplit(")", 1)[1].split()
         except OSError:
-            return False
+            return []
+
+    def children(pid: int) -> list[int]:
+        return [int(p) for p in (d.split("/")[2] for d in glob.glob("/proc/[0-9]*"))
+                if stat(p)[1:2] == [str(pid)]]
+
+    def alive(pid: int) -> bool:  # (an orphan that ended may stay a zombie a moment)
+        return stat(pid)[:1] not in ([], ["Z"])
 
     try:
         end = time.monotonic() + 20

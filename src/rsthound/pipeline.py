@@ -267,7 +267,8 @@ class _Ring:
         arrays = [(("rows", k), v) for k, v in plan.rows.items()]
         arrays += [(("bulk", k), v) for k, v in (plan.bulk or {}).items()]
         arrays.append((("packed", ""), np.frombuffer(plan.packed, dtype=np.uint8)))
-        need = sum(-(-v.nbytes // self.ALIGN) * self.ALIGN for _, v in arrays)
+        room = [-(-v.nbytes // self.ALIGN) * self.ALIGN for _, v in arrays]  # each, aligned
+        need = sum(room)
         if need > self.size or any(v.dtype.hasobject for _, v in arrays):
             return prepared
         at = self.head
@@ -280,10 +281,10 @@ class _Ring:
             time.sleep(0.001)
         off = at % self.size
         layout = []
-        for name, v in arrays:
+        for (name, v), size in zip(arrays, room, strict=True):
             self.buf[off:off + v.nbytes] = v.reshape(-1).view(np.uint8)
             layout.append((name, v.dtype.str, v.shape, off))
-            off += -(-v.nbytes // self.ALIGN) * self.ALIGN
+            off += size
         self.head = at + need
         return dataclasses.replace(prepared,
                                    plan=_Stored(layout, plan.bulk is not None, at + need))
